@@ -1,0 +1,163 @@
+"""From a tagged prompt to token ids and a per-token Δ.
+
+Tags are parsed out of each message *before* the chat template runs, so the model gets the token
+ids of the untagged prompt. Each span's characters are then located in the rendered text and a
+token belongs to the span when its character range overlaps the span's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Union
+
+from .errors import GuideError
+from .tags import Span, parse_tags
+
+Message = Mapping[str, Any]
+Prompt = Union[str, Sequence[Message]]
+
+
+@dataclass(frozen=True)
+class AppliedSpan:
+    """A tagged span as it reached the model.
+
+    Attributes:
+        kind: ``"emphasis"`` or ``"influence"``.
+        level: 1, 2 or 3 for emphasis, 0 for influence.
+        delta: the bias added to the attention logits of its tokens.
+        text: the span's visible text.
+        message_index: index of the message it was written in (``None`` for a raw string prompt).
+        token_start: first prompt token of the span.
+        token_end: one past its last prompt token.
+    """
+
+    kind: str
+    level: int
+    delta: float
+    text: str
+    message_index: int | None
+    token_start: int
+    token_end: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-serializable form."""
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class EncodedPrompt:
+    """A prompt ready for the model.
+
+    Attributes:
+        input_ids: token ids, identical to those of the untagged prompt.
+        text: the rendered prompt text the ids come from.
+        spans: spans with the tokens they cover and their Δ.
+        token_deltas: Δ per prompt token (0 outside spans).
+        influence_mask: ``True`` on the tokens of the influence span(s).
+    """
+
+    input_ids: list[int]
+    text: str
+    spans: tuple[AppliedSpan, ...]
+    token_deltas: list[float]
+    influence_mask: list[bool]
+
+    @property
+    def has_bias(self) -> bool:
+        """Whether any token gets a non-zero Δ."""
+        return any(d != 0.0 for d in self.token_deltas)
+
+
+def normalize_prompt(prompt: Prompt) -> list[dict[str, Any]] | str:
+    """Validate a prompt: a non-empty string or a non-empty list of role/content messages."""
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise GuideError("prompt is empty; pass a non-empty string or a list of messages")
+        return prompt
+    if not isinstance(prompt, Sequence) or not prompt:
+        raise GuideError(
+            f"prompt must be a non-empty string or a non-empty list of {{'role', 'content'}} messages, "
+            f"got {type(prompt).__name__}"
+        )
+    messages = []
+    for i, message in enumerate(prompt):
+        if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
+            raise GuideError(f"message {i} must be a mapping with 'role' and 'content', got {message!r:.80}")
+        if not isinstance(message["content"], str):
+            raise GuideError(
+                f"message {i} content must be a string, got {type(message['content']).__name__}"
+            )
+        messages.append(dict(message))
+    return messages
+
+
+def _locate_contents(rendered: str, contents: list[str]) -> list[int]:
+    """Character offset of each message content in the rendered template, in order."""
+    offsets, cursor = [], 0
+    for i, content in enumerate(contents):
+        at = rendered.find(content, cursor)
+        if at < 0:
+            raise GuideError(
+                f"the chat template changed the text of message {i}, so its tags cannot be placed; "
+                "use a template that inserts message content verbatim"
+            )
+        offsets.append(at)
+        cursor = at + len(content)
+    return offsets
+
+
+def _char_spans(prompt: list[dict[str, Any]] | str, tokenizer: Any) -> tuple[str, bool, list[tuple[int, int, Span, int | None]]]:
+    """Render the prompt; return the text, whether to add special tokens, and absolute span ranges."""
+    if isinstance(prompt, str) and not getattr(tokenizer, "chat_template", None):
+        parsed = parse_tags(prompt)
+        return parsed.text, True, [(s.start, s.end, s, None) for s in parsed.spans]
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    if not getattr(tokenizer, "chat_template", None):
+        raise GuideError("a list of messages needs a tokenizer with a chat template; pass a plain string instead")
+    parsed = [parse_tags(m["content"]) for m in messages]
+    clean = [{**m, "content": p.text} for m, p in zip(messages, parsed)]
+    rendered = tokenizer.apply_chat_template(clean, tokenize=False, add_generation_prompt=True)
+    spans: list[tuple[int, int, Span, int | None]] = []
+    if any(p.spans for p in parsed):
+        bases = _locate_contents(rendered, [p.text for p in parsed])
+        for index, (base, p) in enumerate(zip(bases, parsed)):
+            spans.extend((base + s.start, base + s.end, s, index) for s in p.spans)
+    return rendered, False, spans
+
+
+def encode_prompt(
+    prompt: Prompt, tokenizer: Any, *, delta_mid: float, delta_influence: float = 0.0
+) -> EncodedPrompt:
+    """Tokenize a tagged prompt and assign each token its Δ.
+
+    Args:
+        prompt: a string (sent as a user message when the tokenizer has a chat template) or a
+            list of ``{"role", "content"}`` messages, tags allowed in any of them.
+        tokenizer: a fast Hugging Face tokenizer (character offsets are needed for spans).
+        delta_mid: Δ of level-2 emphasis; level 1 gets half, level 3 double.
+        delta_influence: Δ applied to influence spans.
+    """
+    text, add_special, char_spans = _char_spans(normalize_prompt(prompt), tokenizer)
+    if not char_spans:
+        ids = tokenizer(text, add_special_tokens=add_special)["input_ids"]
+        return EncodedPrompt(list(ids), text, (), [0.0] * len(ids), [False] * len(ids))
+    if not getattr(tokenizer, "is_fast", False):
+        raise GuideError(
+            f"tagged prompts need a fast tokenizer with character offsets; {type(tokenizer).__name__} has none"
+        )
+    enc = tokenizer(text, add_special_tokens=add_special, return_offsets_mapping=True)
+    ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
+    deltas, influence = [0.0] * len(ids), [False] * len(ids)
+    applied = []
+    for start, end, span, message_index in char_spans:
+        tokens = [t for t, (a, b) in enumerate(offsets) if b > a and a < end and b > start]
+        delta = span.delta(delta_mid, delta_influence)
+        for t in tokens:
+            # Adjacent spans may share a merged token: keep the stronger bias.
+            if abs(delta) > abs(deltas[t]):
+                deltas[t] = delta
+            influence[t] = influence[t] or span.kind == "influence"
+        first, last = (tokens[0], tokens[-1] + 1) if tokens else (0, 0)
+        applied.append(AppliedSpan(span.kind, span.level, delta, span.text, message_index, first, last))
+    return EncodedPrompt(ids, text, tuple(applied), deltas, influence)

@@ -1,0 +1,168 @@
+"""The ``"guide"`` attention implementation: stock SDPA plus a per-key bias Δ.
+
+GUIDE adds ``Δ_j`` to the scaled logit ``q_i·k_j·scale`` of every query ``i`` that may attend to
+key ``j``. The bias depends on the key position only, so it can be applied without a dense
+``(q, k)`` float mask, which would cost O(n²) memory and keep SDPA off its fused kernels:
+
+* **extra coordinate** (prefill, and any call with more than one query): append a column to
+  the queries (``1`` on the heads that get the bias, ``0`` elsewhere) and to the keys
+  (``Δ_j / scale``). The dot product then gains exactly ``Δ_j / scale`` and, after SDPA's
+  scaling, the logit gains ``Δ_j``. The causal flag and the boolean padding mask stay as they
+  are, so the fused causal kernel still runs and a bias never un-masks a key.
+* **additive row mask** (one query, i.e. a decoding step): a float mask of shape
+  ``(batch, 1 | heads, 1, kv)``, which is O(kv).
+
+The same extra value column carries the Influence vector (see :mod:`guide_engine.influence`):
+``softmax(QKᵀ) · I`` is one more output column of the same kernel call.
+
+Per-request state travels with the call: the model's forward receives ``guide=GuideAttentionState``
+and transformers hands every keyword argument down to this function. Without it, or when the
+state has nothing to do for a layer, the call is exactly stock SDPA.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+if TYPE_CHECKING:
+    from .influence import InfluenceTracker
+
+ATTENTION_NAME = "guide"
+
+
+@dataclass
+class GuideAttentionState:
+    """What one forward call (or one whole ``generate``) needs to apply GUIDE.
+
+    Attributes:
+        key_bias: ``(batch, prompt_len)`` Δ per absolute cache position of the prompt. Keys past
+            the prompt (generated tokens) get no bias.
+        layers: layer indices that get the bias, or ``None`` for all layers.
+        heads: query-head indices that get the bias, or ``None`` for all heads.
+        pad_offsets: ``(batch,)`` left-padding length of each row, to recover absolute
+            positions from position ids; ``None`` when nothing is padded.
+        influence: an influence tracker filled during this forward, or ``None``.
+    """
+
+    key_bias: torch.Tensor | None = None
+    layers: frozenset[int] | None = None
+    heads: tuple[int, ...] | None = None
+    pad_offsets: torch.Tensor | None = None
+    influence: InfluenceTracker | None = None
+    _head_cache: dict[Any, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def bias_for_layer(self, layer_idx: int | None) -> torch.Tensor | None:
+        """The prompt bias if this layer is biased, else ``None``."""
+        if self.key_bias is None:
+            return None
+        if self.layers is not None and layer_idx not in self.layers:
+            return None
+        return self.key_bias
+
+    def head_selector(self, num_heads: int, like: torch.Tensor) -> torch.Tensor:
+        """``(1, heads, 1, 1)`` tensor: 1 on the biased query heads, 0 elsewhere."""
+        key = (num_heads, like.device, like.dtype)
+        if key not in self._head_cache:
+            sel = torch.zeros(num_heads, dtype=like.dtype, device=like.device)
+            sel[list(self.heads) if self.heads is not None else slice(None)] = 1
+            self._head_cache[key] = sel.view(1, num_heads, 1, 1)
+        return self._head_cache[key]
+
+
+def keys_bias(
+    prompt_bias: torch.Tensor, kv_len: int, position_ids: torch.Tensor | None, pad_offsets: torch.Tensor | None
+) -> torch.Tensor:
+    """Align the prompt bias with the keys this layer sees: ``(batch, kv_len)``.
+
+    With a full cache key ``j`` is absolute position ``j``. A sliding-window layer keeps only the
+    last keys, so its ``kv_len`` keys end at the newest token: absolute positions
+    ``[total - kv_len, total)``. ``total`` is recovered from the position ids of the newest query
+    plus each row's left padding.
+    """
+    batch, prompt_len = prompt_bias.shape
+    offset = 0
+    if position_ids is not None:
+        last = position_ids[:, -1]
+        if pad_offsets is not None:
+            last = last + pad_offsets.to(last.device)
+        total = int(last.max()) + 1
+        offset = max(total - kv_len, 0)
+    if offset == 0 and kv_len == prompt_len:
+        return prompt_bias
+    out = prompt_bias.new_zeros(batch, kv_len)
+    stop = min(prompt_len, offset + kv_len)
+    if stop > offset:
+        out[:, : stop - offset] = prompt_bias[:, offset:stop]
+    return out
+
+
+def guide_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,  # (batch, heads, q_len, head_dim)
+    key: torch.Tensor,  # (batch, kv_heads, kv_len, head_dim)
+    value: torch.Tensor,  # (batch, kv_heads, kv_len, head_dim)
+    attention_mask: torch.Tensor | None,  # bool (batch, 1, q_len, kv_len) or None (pure causal)
+    scaling: float | None = None,
+    guide: GuideAttentionState | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Attention with GUIDE's per-key bias; identical to stock SDPA when there is nothing to add."""
+    layer_idx = getattr(module, "layer_idx", None)
+    prompt_bias = guide.bias_for_layer(layer_idx) if guide is not None else None
+    tracker = guide.influence if guide is not None else None
+    if prompt_bias is None and tracker is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+
+    batch, num_heads, q_len, head_dim = query.shape
+    kv_len = key.shape[2]
+    scaling = head_dim**-0.5 if scaling is None else scaling
+    bias = None
+    if prompt_bias is not None:
+        bias = keys_bias(prompt_bias, kv_len, kwargs.get("position_ids"), guide.pad_offsets)
+        bias = bias.to(device=key.device, dtype=query.dtype)  # (batch, kv_len)
+    value_extra = tracker.value_column(layer_idx, kv_len, value) if tracker is not None else None
+
+    if q_len == 1 and value_extra is None:
+        # Decoding step: an O(kv) additive row mask is cheaper than copying the cache.
+        row = bias[:, None, None, :]  # (batch, 1, 1, kv_len)
+        if guide.heads is not None:
+            row = row * guide.head_selector(num_heads, row)  # (batch, heads, 1, kv_len)
+        if attention_mask is not None:
+            row = row.masked_fill(~attention_mask, torch.finfo(row.dtype).min)
+        return sdpa_attention_forward(module, query, key, value, row, scaling=scaling, **kwargs)
+
+    # Extra coordinate: q gains a column `sel` (1 on biased heads), k gains Δ/scale,
+    # v gains the influence vector (or zeros), so q'·k' = q·k + Δ/scale on biased heads.
+    if bias is not None:
+        sel = guide.head_selector(num_heads, query).expand(batch, num_heads, q_len, 1)
+        key_extra = (bias / scaling)[:, None, :, None].expand(batch, key.shape[1], kv_len, 1)
+    else:
+        sel = query.new_zeros(batch, num_heads, q_len, 1)
+        key_extra = key.new_zeros(batch, key.shape[1], kv_len, 1)
+    if value_extra is None:
+        value_extra = value.new_zeros(batch, value.shape[1], kv_len, 1)
+    query = torch.cat([query, sel.to(query.dtype)], dim=-1)
+    key = torch.cat([key, key_extra.to(key.dtype)], dim=-1)
+    value = torch.cat([value, value_extra.to(value.dtype)], dim=-1)
+    out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+    # out: (batch, q_len, heads, head_dim + 1)
+    if tracker is not None:
+        tracker.record_attention_product(layer_idx, out[..., -1])  # (batch, q_len, heads)
+    return out[..., :-1], None
+
+
+def guide_mask(*args: Any, **kwargs: Any) -> torch.Tensor | None:
+    """Mask builder for ``"guide"``: the same boolean mask (or ``None``) stock SDPA gets."""
+    return sdpa_mask(*args, **kwargs)
+
+
+def register() -> None:
+    """Register ``"guide"`` with transformers' attention and mask interfaces (idempotent)."""
+    AttentionInterface.register(ATTENTION_NAME, guide_attention_forward)
+    AttentionMaskInterface.register(ATTENTION_NAME, guide_mask)

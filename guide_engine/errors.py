@@ -1,0 +1,50 @@
+"""The error hierarchy of the guide packages.
+
+Every error raised on purpose by ``guide_engine`` or ``guide_integrations`` is a
+:class:`GuideError`. Errors about bad values are also ``ValueError`` and a missing optional
+dependency is also an ``ImportError``, so callers that catch the built-in kinds keep working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ContextLengthError",
+    "GuideError",
+    "MissingDependencyError",
+    "ModelNotSupportedError",
+    "TagError",
+]
+
+
+class GuideError(Exception):
+    """Base error of the guide package."""
+
+
+class TagError(GuideError, ValueError):
+    """Malformed emphasis or influence tags in a prompt.
+
+    Attributes:
+        tag: The offending tag marker, e.g. ``'<!!->'``.
+        position: Character index of the tag's ``<`` in the original input.
+        snippet: A short one-line excerpt of the input around the tag.
+    """
+
+    def __init__(self, message: str, *, tag: str = "", position: int = -1, snippet: str = "") -> None:
+        # Defaults keep the error picklable: pickle calls ``TagError(message)`` and then
+        # restores the attributes from ``__dict__``.
+        super().__init__(message)
+        self.tag = tag
+        self.position = position
+        self.snippet = snippet
+
+
+class ModelNotSupportedError(GuideError):
+    """The model cannot run with the guide attention implementation."""
+
+
+class ContextLengthError(GuideError, ValueError):
+    """The prompt (plus requested new tokens) is longer than the model's context."""
+
+
+class MissingDependencyError(GuideError, ImportError):
+    """An optional dependency is not installed; the message gives the pip command."""

@@ -1,0 +1,110 @@
+"""The seed's interface: ``pipeline("pay-attention", model=...)``.
+
+A :class:`~transformers.TextGenerationPipeline` whose tagged prompts go through
+:class:`GuideEngine`. As in the seed package, a tagged string is sent as a user message through
+the chat template, an untagged one is handled exactly as the ``text-generation`` pipeline does,
+and each record gains ``tokens`` (the prompt ids) and, with ``metric=``, ``influence``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, TextGenerationPipeline
+from transformers.pipelines import PIPELINE_REGISTRY
+from transformers.pipelines.text_generation import Chat
+
+from .engine import GuideEngine
+from .errors import GuideError
+from .influence import METRICS, compute_influence
+from .tags import parse_tags
+
+TASK = "pay-attention"
+_ENGINE_KEYS = ("metric", "delta_influence", "delta_mid", "layers", "heads")
+
+
+def _has_tags(prompt: Any) -> bool:
+    if isinstance(prompt, Chat):
+        return any(parse_tags(m["content"]).spans for m in prompt.messages if isinstance(m.get("content"), str))
+    return isinstance(prompt, str) and bool(parse_tags(prompt).spans)
+
+
+class PayAttentionPipeline(TextGenerationPipeline):
+    """Text generation with GUIDE tags and, optionally, Influence of a ``<?->`` span.
+
+    Args:
+        delta_mid: Δ of level-2 emphasis (level 1 gets half, level 3 double).
+        layers: ``"all"`` or the layers that get the bias.
+        *args, **kwargs: as for ``TextGenerationPipeline``.
+    """
+
+    def __init__(self, *args: Any, delta_mid: float = 1.0, layers: Any = "all", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.engine = GuideEngine(self.model, self.tokenizer, delta_mid=delta_mid, layers=layers)
+
+    def _sanitize_parameters(self, metric: str | None = None, delta_influence: float = 0.0, delta_mid: float | None = None, layers: Any = None, heads: Any = None, **kwargs: Any):
+        if metric is not None and metric not in METRICS:
+            raise GuideError(f"metric must be one of {METRICS} or None, got {metric!r}")
+        preprocess, forward, postprocess = super()._sanitize_parameters(**kwargs)
+        guide = {"metric": metric, "delta_influence": delta_influence, "delta_mid": delta_mid, "layers": layers, "heads": heads}
+        preprocess["guide_options"] = guide
+        forward["guide_options"] = guide
+        return preprocess, forward, postprocess
+
+    def preprocess(self, prompt_text: Any, guide_options: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
+        if not _has_tags(prompt_text):
+            return super().preprocess(prompt_text, **kwargs)
+        options = guide_options or {}
+        prompt = prompt_text.messages if isinstance(prompt_text, Chat) else prompt_text
+        encoded = self.engine.encode(prompt, delta_mid=options.get("delta_mid"), delta_influence=options.get("delta_influence", 0.0))
+        ids = torch.tensor([encoded.input_ids])
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "prompt_text": prompt_text, "guide_encoded": encoded}
+
+    def _forward(self, model_inputs: dict[str, Any], guide_options: dict[str, Any] | None = None, **generate_kwargs: Any) -> dict[str, Any]:
+        encoded = model_inputs.pop("guide_encoded", None)
+        options = {k: v for k, v in (guide_options or {}).items() if v is not None}
+        if encoded is None:
+            if options.get("metric") is not None:
+                raise GuideError(f"metric={options['metric']!r} needs an influence span: wrap the text to measure in <?-> … <-?>")
+            return super()._forward(model_inputs, **generate_kwargs)
+        request = self.engine._options(**options, **self._sampling_options(generate_kwargs))
+        decoder = self.engine._row_decoder(request)
+        finished = torch.zeros(1, dtype=torch.bool)
+        for next_ids in self.engine._steps([encoded], request, finished):
+            decoder.push(int(next_ids[0]))
+            if decoder.finish_reason is not None:
+                break
+        generated = torch.tensor([encoded.input_ids + decoder.ids])
+        outputs = {"generated_sequence": generated[None], "input_ids": model_inputs["input_ids"], "prompt_text": model_inputs["prompt_text"]}
+        if request.metric is not None:
+            outputs["guide_influence"] = compute_influence(self.engine, encoded, decoder.ids, request)
+        return outputs
+
+    def postprocess(self, model_outputs: dict[str, Any], **kwargs: Any) -> list[dict[str, Any]]:
+        influence = model_outputs.pop("guide_influence", None)
+        records = super().postprocess(model_outputs, **kwargs)
+        for record in records:
+            record["tokens"] = model_outputs["input_ids"]
+            if influence is not None:
+                record["influence"] = influence
+        return records
+
+    def _sampling_options(self, generate_kwargs: dict[str, Any]) -> dict[str, Any]:
+        config = generate_kwargs.get("generation_config", self.model.generation_config)
+        max_new = generate_kwargs.get("max_new_tokens", getattr(config, "max_new_tokens", None)) or self.engine.max_new_tokens
+        do_sample = generate_kwargs.get("do_sample", getattr(config, "do_sample", False))
+        options: dict[str, Any] = {"max_new_tokens": int(max_new)}
+        if do_sample:
+            options["temperature"] = float(generate_kwargs.get("temperature", getattr(config, "temperature", 1.0) or 1.0))
+            options["top_p"] = float(generate_kwargs.get("top_p", getattr(config, "top_p", 1.0) or 1.0))
+        stop = generate_kwargs.get("stop_strings")
+        if stop:
+            options["stop"] = stop
+        return options
+
+
+def register_pipeline() -> None:
+    """Register the ``"pay-attention"`` task with transformers (idempotent)."""
+    if TASK not in PIPELINE_REGISTRY.get_supported_tasks():
+        PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=PayAttentionPipeline, pt_model=AutoModelForCausalLM)
