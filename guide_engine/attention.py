@@ -133,8 +133,10 @@ def guide_attention_forward(
         row = bias[:, None, None, :]  # (batch, 1, 1, kv_len)
         if guide.heads is not None:
             row = row * guide.head_selector(num_heads, row)  # (batch, heads, 1, kv_len)
-        if attention_mask is not None:
+        if attention_mask is not None and attention_mask.dtype == torch.bool:
             row = row.masked_fill(~attention_mask, torch.finfo(row.dtype).min)
+        elif attention_mask is not None:  # an additive float mask
+            row = row + attention_mask
         return sdpa_attention_forward(module, query, key, value, row, scaling=scaling, **kwargs)
 
     # Extra coordinate: q gains a column `sel` (1 on biased heads), k gains Δ/scale,

@@ -1,0 +1,418 @@
+"""Pictures of an :class:`~guide_engine.influence.InfluenceResult`: a PNG figure and an HTML heatmap.
+
+``plot_influence`` draws the figure of "Pay Attention to What Matters": log10 influence against
+token position for a few layers, each with a rolling mean over the raw values, the measured span
+shaded and the start of generation marked. ``influence_html`` writes one self-contained page (no
+network: inline CSS and JS) that colors every token by its value in a chosen layer.
+
+matplotlib is used through its object API with the Agg canvas only: no pyplot, no GUI backend,
+no global figure state, so plotting is safe from worker threads and servers.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import GuideError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from .influence import InfluenceResult
+
+LOG_FLOOR = 1e-8
+"""Values below this (zeros included) are drawn at log10(LOG_FLOOR) = -8."""
+
+METRIC_LABELS = {"influence": "Influence", "attention_rollout": "Attention rollout"}
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def layer_values(result: InfluenceResult, layer: int) -> np.ndarray:
+    """One layer's values as a float64 array over positions."""
+    values = result.layers[layer]
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().double().numpy()
+    return np.asarray(values, dtype=np.float64).reshape(-1)
+
+
+def display_token(token: str) -> str:
+    """Readable text of a token: byte-level BPE's 'Ġ' becomes a space and 'Ċ' a newline.
+
+    The rule does not depend on the tokenizer; SentencePiece's '▁' (U+2581) also becomes a space.
+    """
+    return token.replace("Ġ", " ").replace("▁", " ").replace("Ċ", "\n")
+
+
+def rolling_mean(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing mean over the last ``window`` values (fewer at the start), like pandas' ``rolling(window, min_periods=1)``."""
+    sums = np.cumsum(np.concatenate([[0.0], values]))
+    ends = np.arange(1, len(values) + 1)
+    starts = np.maximum(ends - window, 0)
+    return (sums[ends] - sums[starts]) / (ends - starts)
+
+
+def _available(result: InfluenceResult) -> list[int]:
+    return sorted(int(k) for k in result.layers)
+
+
+def _range_text(available: list[int]) -> str:
+    contiguous = available == list(range(available[0], available[-1] + 1))
+    return f"{available[0]}..{available[-1]}" if contiguous else ", ".join(map(str, available))
+
+
+def choose_layers(result: InfluenceResult, layers: Sequence[int] | None) -> list[int]:
+    """The layers to draw: the given ones (validated), or the first, middle and last layer."""
+    available = _available(result)
+    if not available:
+        raise GuideError("this influence result has no layers to plot")
+    if layers is None:
+        decoder = [k for k in available if k >= 0] or available
+        picks = [decoder[0], decoder[len(decoder) // 2], decoder[-1]]
+        return list(dict.fromkeys(picks))
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence) or len(layers) == 0:
+        raise GuideError(f"layers must be a non-empty list of layer indices, got {layers!r}")
+    chosen = []
+    for layer in layers:
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or int(layer) not in result.layers:
+            raise GuideError(
+                f"layer {layer!r} is not in this result; available layers are {_range_text(available)} "
+                "(-1 is the span indicator before the first layer)"
+            )
+        chosen.append(int(layer))
+    return list(dict.fromkeys(chosen))
+
+
+def _influence_spans(result: InfluenceResult) -> list[Any]:
+    return [s for s in result.spans if s.kind == "influence" and s.token_end > s.token_start]
+
+
+def _short(text: str, limit: int = 40) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _format_number(value: float) -> str:
+    return f"{value:g}"
+
+
+def describe(result: InfluenceResult) -> str:
+    """One-line title: the metric, the measured text and the Δ in effect."""
+    metric = METRIC_LABELS.get(result.metric, result.metric)
+    measured = _influence_spans(result) or [s for s in result.spans if s.kind == "influence"]
+    what = " + ".join(f"“{_short(s.text)}”" for s in measured) or "the span"
+    deltas = [f"Δ influence = {_format_number(result.delta_influence)}"]
+    emphasis = sorted({s.delta for s in result.spans if s.kind == "emphasis"})
+    if emphasis:
+        deltas.append("emphasis Δ = " + ", ".join(_format_number(d) for d in emphasis))
+    return f"{metric} of {what} ({'; '.join(deltas)})"
+
+
+# ---------------------------------------------------------------------------------------- PNG
+
+
+def influence_figure(result: InfluenceResult, layers: Sequence[int] | None = None, window: int = 5) -> Figure:
+    """Build the figure of :func:`plot_influence` without saving it.
+
+    For each chosen layer the axes hold two lines, in this order: the per-token log10 values
+    (thin) and their rolling mean (thick, same color).
+
+    Args:
+        result: the influence (or rollout) to draw.
+        layers: layer indices (−1 … L−1) present in ``result``; default first, middle and last layer.
+        window: tokens in the trailing rolling mean; a positive integer.
+    """
+    from matplotlib.figure import Figure
+
+    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
+        raise GuideError(f"window must be a positive integer number of tokens, got {window!r}")
+    chosen = choose_layers(result, layers)
+    metric = METRIC_LABELS.get(result.metric, result.metric)
+
+    fig = Figure(figsize=(11, 5.5), dpi=110, layout="constrained")
+    ax = fig.add_subplot()
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+    for n, layer in enumerate(chosen):
+        values = layer_values(result, layer)
+        logged = np.log10(np.clip(values, LOG_FLOOR, None))
+        positions = np.arange(len(values))
+        color = palette[n % len(palette)]
+        ax.plot(positions, logged, color=color, linewidth=0.8, alpha=0.35, label=f"layer {layer}, per token")
+        ax.plot(positions, rolling_mean(logged, int(window)), color=color, linewidth=2.0, label=f"layer {layer}, mean of {window} tokens")
+
+    for n, span in enumerate(_influence_spans(result)):
+        ax.axvspan(span.token_start - 0.5, span.token_end - 0.5, color="#f2c14e", alpha=0.35, linewidth=0,
+                   label="influence span" if n == 0 else None)
+    ax.axvline(result.generation_start - 0.5, color="black", linestyle="--", linewidth=1.2, label="generation starts")
+    ax.text(result.generation_start - 0.5, 1.0, " generation starts", transform=ax.get_xaxis_transform(),
+            ha="left", va="top", fontsize=9)
+
+    ax.set_xlabel("token position (prompt and generated text)")
+    ax.set_ylabel(f"log10 {metric.lower()} (values < {LOG_FLOOR:g} drawn at {math.log10(LOG_FLOOR):g})")
+    ax.set_title(describe(result))
+    ax.set_xlim(-0.5, max(len(result.tokens), 1) - 0.5)
+    ax.grid(True, alpha=0.25)
+    ax.legend(loc="lower left", fontsize=8, ncols=2, framealpha=0.85)
+    return fig
+
+
+def plot_influence(
+    result: InfluenceResult, path: str | os.PathLike[str], layers: Sequence[int] | None = None, window: int = 5
+) -> str:
+    """Save log10 influence against token position as a PNG (the paper's figure).
+
+    Args:
+        result: the influence (or rollout) to draw.
+        path: where to write the PNG; its folder must exist.
+        layers: layer indices (−1 … L−1) present in ``result``; default first, middle and last layer.
+        window: tokens in the trailing rolling mean drawn over the raw values.
+
+    Returns:
+        ``path`` as a string.
+    """
+    fig = influence_figure(result, layers, window)
+    target = os.fspath(path)
+    try:
+        fig.savefig(target, format="png")
+    except OSError as error:
+        raise GuideError(f"cannot write the plot to {target!r}: {error}") from error
+    return target
+
+
+# --------------------------------------------------------------------------------------- HTML
+
+
+def _json_number(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+def html_payload(result: InfluenceResult) -> dict[str, Any]:
+    """The data embedded in the HTML page (JSON-serializable; non-finite values become null)."""
+    layers = _available(result)
+    return {
+        "metric": result.metric,
+        "metric_label": METRIC_LABELS.get(result.metric, result.metric),
+        "delta_influence": result.delta_influence,
+        "generation_start": int(result.generation_start),
+        "tokens": list(result.tokens),
+        "layer_order": layers,
+        "layers": {str(k): [_json_number(v) for v in layer_values(result, k).tolist()] for k in layers},
+        "spans": [s.to_dict() for s in result.spans],
+    }
+
+
+def _script_json(data: Any) -> str:
+    """JSON that is safe inside a <script> element: '<', '>' and '&' become \\u escapes."""
+    text = json.dumps(data, ensure_ascii=False, allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _token_classes(result: InfluenceResult) -> list[list[str]]:
+    classes: list[list[str]] = [[] for _ in result.tokens]
+    for span in result.spans:
+        name = "in-influence" if span.kind == "influence" else "in-emphasis"
+        for t in range(max(span.token_start, 0), min(span.token_end, len(classes))):
+            classes[t].append(name)
+    return classes
+
+
+def _token_markup(result: InfluenceResult) -> str:
+    parts = []
+    classes = _token_classes(result)
+    for i, token in enumerate(result.tokens):
+        if i == result.generation_start:
+            parts.append('<span class="gen-marker" title="the model starts generating here">▶ generation starts</span>')
+        shown = display_token(token)
+        newline = "\n" in shown
+        shown = shown.replace("\n", "↵")
+        css = " ".join(["tok", *classes[i], "generated" if i >= result.generation_start else "prompt"])
+        parts.append(f'<span class="{css}" data-i="{i}">{html.escape(shown)}</span>')
+        if newline:
+            parts.append("<br>")
+    if result.generation_start >= len(result.tokens):
+        parts.append('<span class="gen-marker">▶ generation starts (nothing generated)</span>')
+    return "".join(parts)
+
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.5rem; color: #222; background: #fff; }
+h1 { font-size: 1.25rem; margin: 0 0 .4rem; }
+.meta { color: #555; font-size: .9rem; margin-bottom: .8rem; }
+.controls { display: flex; flex-wrap: wrap; gap: 1rem; align-items: center; padding: .6rem .8rem;
+  background: #f4f4f6; border-radius: 6px; position: sticky; top: 0; z-index: 2; }
+.controls label { font-size: .9rem; }
+#layer-range { width: 18rem; vertical-align: middle; }
+.legend { display: flex; align-items: center; gap: .4rem; font-size: .8rem; }
+#colorbar { width: 12rem; height: .8rem; border: 1px solid #999; }
+.key { font-size: .8rem; color: #444; margin: .5rem 0 1rem; }
+.key span.sample { display: inline-block; padding: 0 .3rem; margin: 0 .2rem; }
+#tokens { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas, monospace; font-size: .95rem;
+  line-height: 2.1; }
+.tok { white-space: pre; padding: .12rem .05rem; margin: 0 1px; border-radius: 3px; border: 1px solid transparent;
+  cursor: default; }
+.tok:hover { border-color: #000; }
+.in-influence { outline: 2px solid #0a58ca; outline-offset: 1px; }
+.in-emphasis { outline: 2px dashed #c2185b; outline-offset: 1px; }
+.gen-marker { display: inline-block; margin: 0 .35rem; padding: 0 .35rem; font-family: system-ui, sans-serif;
+  font-size: .75rem; color: #fff; background: #222; border-radius: 3px; line-height: 1.4; }
+#tooltip { position: fixed; pointer-events: none; background: #222; color: #fff; padding: .35rem .5rem;
+  border-radius: 4px; font-size: .8rem; white-space: pre; display: none; z-index: 3;
+  font-family: ui-monospace, Menlo, Consolas, monospace; }
+"""
+
+_JS = r"""
+(function () {
+  "use strict";
+  var data = JSON.parse(document.getElementById("influence-data").textContent);
+  var order = data.layer_order;
+  var range = document.getElementById("layer-range");
+  var select = document.getElementById("layer-select");
+  var logBox = document.getElementById("log-scale");
+  var stats = document.getElementById("layer-stats");
+  var tip = document.getElementById("tooltip");
+  var toks = Array.prototype.slice.call(document.querySelectorAll("#tokens .tok"));
+  var FLOOR = 1e-8;
+  // A white -> yellow -> orange -> red -> dark red ramp (like matplotlib's YlOrRd).
+  var STOPS = [[255, 255, 255], [255, 237, 160], [254, 178, 76], [240, 59, 32], [128, 0, 38]];
+  var current = order.indexOf(-1) >= 0 && order.length > 1 ? order[order.length - 1] : order[0];
+
+  function ramp(t) {
+    t = Math.min(1, Math.max(0, t)) * (STOPS.length - 1);
+    var k = Math.min(Math.floor(t), STOPS.length - 2), f = t - k, a = STOPS[k], b = STOPS[k + 1];
+    return [0, 1, 2].map(function (c) { return Math.round(a[c] + (b[c] - a[c]) * f); });
+  }
+  function fmt(v) { return v === null ? "n/a" : (v === 0 ? "0" : v.toPrecision(4)); }
+  function nearest(layer) {
+    var best = order[0];
+    order.forEach(function (l) { if (Math.abs(l - layer) < Math.abs(best - layer)) { best = l; } });
+    return best;
+  }
+  function scale(values, useLog) {
+    var pos = values.filter(function (v) { return v !== null && v > 0; });
+    if (!pos.length) { return function () { return 0; }; }
+    var hi = Math.max.apply(null, pos);
+    if (useLog) {
+      var lo = Math.max(Math.log10(Math.min.apply(null, pos)), Math.log10(FLOOR));
+      if (hi <= 0 || Math.log10(hi) - lo < 1e-9) { return function (v) { return v > 0 ? 1 : 0; }; }
+      return function (v) { return v > 0 ? (Math.log10(Math.max(v, FLOOR)) - lo) / (Math.log10(hi) - lo) : 0; };
+    }
+    return function (v) { return v > 0 ? v / hi : 0; };
+  }
+  function render() {
+    var values = data.layers[String(current)];
+    var s = scale(values, logBox.checked);
+    toks.forEach(function (el, i) {
+      var v = values[i];
+      if (v === null || !(v > 0)) { el.style.background = ""; el.style.color = ""; return; }
+      var c = ramp(0.08 + 0.92 * s(v));
+      el.style.background = "rgb(" + c.join(",") + ")";
+      el.style.color = (0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2]) < 140 ? "#fff" : "#111";
+    });
+    var gen = values.slice(data.generation_start).filter(function (v) { return v !== null; });
+    var mean = gen.length ? gen.reduce(function (a, b) { return a + b; }, 0) / gen.length : null;
+    stats.textContent = "layer " + current + (current === -1 ? " (span indicator)" : "") +
+      " · mean over generated tokens: " + fmt(mean) + " · max: " + fmt(Math.max.apply(null, values.map(function (v) { return v === null ? -Infinity : v; })));
+    range.value = String(current);
+    select.value = String(current);
+  }
+  function setLayer(layer) { current = nearest(layer); render(); }
+  range.addEventListener("input", function () { setLayer(parseInt(range.value, 10)); });
+  select.addEventListener("change", function () { setLayer(parseInt(select.value, 10)); });
+  logBox.addEventListener("change", render);
+  toks.forEach(function (el) {
+    el.addEventListener("mousemove", function (ev) {
+      var i = parseInt(el.getAttribute("data-i"), 10), v = data.layers[String(current)][i];
+      tip.textContent = "position " + i + (i >= data.generation_start ? " (generated)" : " (prompt)") +
+        "\ntoken " + JSON.stringify(data.tokens[i]) + "\n" + data.metric_label.toLowerCase() + " (layer " + current + "): " + fmt(v) +
+        (v > 0 ? "  log10 " + Math.log10(v).toFixed(2) : "") +
+        (el.classList.contains("in-influence") ? "\nin the influence span" : "") +
+        (el.classList.contains("in-emphasis") ? "\nin an emphasis span" : "");
+      tip.style.display = "block";
+      tip.style.left = Math.min(ev.clientX + 14, window.innerWidth - tip.offsetWidth - 8) + "px";
+      tip.style.top = (ev.clientY + 16) + "px";
+    });
+    el.addEventListener("mouseleave", function () { tip.style.display = "none"; });
+  });
+  window.guideInfluence = { data: data, setLayer: setLayer, layer: function () { return current; } };
+  render();
+})();
+"""
+
+
+def influence_html(result: InfluenceResult, path: str | os.PathLike[str]) -> str:
+    """Save a self-contained token heatmap of every layer, viewable offline.
+
+    Every token is a box colored by its value in the chosen layer (linear or log scale), with a
+    layer slider and select, the spans outlined, a marker where generation starts and a tooltip
+    with the raw token, its position and value. The data is embedded as JSON.
+
+    Args:
+        result: the influence (or rollout) to show.
+        path: where to write the ``.html`` file; its folder must exist.
+
+    Returns:
+        ``path`` as a string.
+    """
+    payload = html_payload(result)
+    layers = payload["layer_order"]
+    if not layers:
+        raise GuideError("this influence result has no layers to show")
+    default = layers[-1]
+    contiguous = layers == list(range(layers[0], layers[-1] + 1))
+    options = "".join(
+        f'<option value="{k}"{" selected" if k == default else ""}>{k}{" (span indicator)" if k == -1 else ""}</option>'
+        for k in layers
+    )
+    title = describe(result)
+    spans = "; ".join(
+        f"{s.kind}{'' if s.kind == 'influence' else f' level {s.level}'} “{_short(s.text, 60)}” "
+        f"(tokens {s.token_start}–{s.token_end - 1}, Δ = {_format_number(s.delta)})"
+        for s in result.spans
+    ) or "none"
+    page = f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{html.escape(title)}</title>
+<style>{_CSS}</style>
+</head>
+<body>
+<h1>{html.escape(title)}</h1>
+<div class="meta">{len(result.tokens)} tokens; generation starts at position {result.generation_start}.
+Spans: {html.escape(spans)}</div>
+<div class="controls">
+  <label for="layer-range">layer</label>
+  <input type="range" id="layer-range" min="{layers[0]}" max="{layers[-1]}" step="1" value="{default}"
+    aria-label="layer"{'' if contiguous else ' title="layers missing from the result snap to the nearest one"'}>
+  <select id="layer-select" aria-label="layer">{options}</select>
+  <label><input type="checkbox" id="log-scale" checked> log scale</label>
+  <span class="legend">low <span id="colorbar" style="background: linear-gradient(to right, #fff, #ffeda0, #feb24c, #f03b20, #800026)"></span> high</span>
+  <span id="layer-stats" class="legend"></span>
+</div>
+<div class="key">Each box is a token colored by its {html.escape(payload["metric_label"].lower())} in the chosen layer
+(uncolored: zero).
+<span class="sample in-influence">solid outline</span>: influence span;
+<span class="sample in-emphasis">dashed outline</span>: emphasis span; ↵: newline. Hover a token for details.</div>
+<div id="tokens">{_token_markup(result)}</div>
+<div id="tooltip" role="tooltip"></div>
+<script type="application/json" id="influence-data">{_script_json(payload)}</script>
+<script>{_JS}</script>
+</body>
+</html>
+"""
+    target = os.fspath(path)
+    try:
+        with open(target, "w", encoding="utf-8") as handle:
+            handle.write(page)
+    except OSError as error:
+        raise GuideError(f"cannot write the HTML page to {target!r}: {error}") from error
+    return target

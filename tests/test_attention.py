@@ -1,0 +1,99 @@
+"""The "guide" attention against stock SDPA and a dense-mask eager reference, on tiny random models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from guide_engine.attention import GuideAttentionState
+from tests.reference import REFERENCE, Recorder, twin
+
+SEQ = 20
+TOL = dict(atol=1e-5, rtol=1e-5)
+
+
+def _ids(seed: int = 1, length: int = SEQ) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, 1000, (1, length), generator=g)
+
+
+def _bias(length: int = SEQ, spans=((3, 7, 2.0), (11, 14, -1.0))) -> torch.Tensor:
+    bias = torch.zeros(1, length)
+    for start, end, delta in spans:
+        bias[0, start:end] = delta
+    return bias
+
+
+@torch.no_grad()
+def test_no_state_is_exactly_stock_sdpa(tiny):
+    ids = _ids()
+    stock = twin(tiny, "sdpa")
+    assert torch.equal(tiny(ids).logits, stock(ids).logits)
+
+
+@torch.no_grad()
+def test_zero_delta_equals_stock_sdpa(tiny):
+    ids = _ids()
+    stock = twin(tiny, "sdpa")(ids).logits
+    guided = tiny(ids, guide=GuideAttentionState(key_bias=torch.zeros(1, SEQ))).logits
+    torch.testing.assert_close(guided, stock, **TOL)
+
+
+@torch.no_grad()
+def test_prefill_matches_dense_reference(tiny):
+    ids, bias = _ids(), _bias()
+    reference = twin(tiny, REFERENCE)(ids, reference=Recorder(bias)).logits
+    guided = tiny(ids, guide=GuideAttentionState(key_bias=bias)).logits
+    plain = tiny(ids).logits
+    torch.testing.assert_close(guided, reference, **TOL)
+    assert not torch.allclose(guided, plain, atol=1e-3), "the bias must change the logits"
+
+
+@pytest.mark.parametrize("layers,heads", [({0}, None), ({0, 2}, None), (None, (1, 2)), ({1}, (0,))])
+@torch.no_grad()
+def test_layer_and_head_selection_match_reference(tiny, layers, heads):
+    ids, bias = _ids(), _bias()
+    reference = twin(tiny, REFERENCE)(ids, reference=Recorder(bias, layers=layers, heads=heads)).logits
+    state = GuideAttentionState(key_bias=bias, layers=frozenset(layers) if layers else None, heads=heads)
+    torch.testing.assert_close(tiny(ids, guide=state).logits, reference, **TOL)
+
+
+@torch.no_grad()
+def test_cached_decoding_matches_full_recompute(tiny):
+    """Prefill a prompt, decode 12 tokens one by one: every step equals the reference on the whole sequence.
+
+    12 steps go past Gemma 3's sliding window (6), so keys leave the window while biased.
+    """
+    prompt, bias = _ids(length=12), _bias(length=12, spans=((2, 5, 3.0), (8, 10, 1.5)))
+    reference_model = twin(tiny, REFERENCE)
+    state = GuideAttentionState(key_bias=bias)
+    cache = DynamicCache(config=tiny.config)
+    out = tiny(input_ids=prompt, cache=cache, use_cache=True, guide=state)
+    sequence = prompt
+    for step in range(12):
+        next_id = out.logits[:, -1].argmax(-1, keepdim=True)
+        sequence = torch.cat([sequence, next_id], dim=-1)
+        position = torch.tensor([[sequence.shape[1] - 1]])
+        out = tiny(input_ids=next_id, cache=cache, use_cache=True, position_ids=position, guide=state)
+        full = reference_model(sequence, reference=Recorder(bias)).logits[:, -1]
+        torch.testing.assert_close(out.logits[:, -1], full, **TOL, msg=f"decoding step {step}")
+
+
+@torch.no_grad()
+def test_padded_batch_rows_match_reference(tiny):
+    """Two left-padded rows with different spans; each row equals its own unpadded reference."""
+    short, long_ = _ids(2, 9), _ids(3, 14)
+    bias_short = _bias(9, ((1, 4, 2.0),))
+    bias_long = _bias(14, ((6, 12, -2.0),))
+    ids = torch.cat([torch.cat([torch.full((1, 5), 2), short], 1), long_])
+    mask = torch.tensor([[0] * 5 + [1] * 9, [1] * 14])
+    bias = torch.cat([torch.cat([torch.zeros(1, 5), bias_short], 1), bias_long])
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    state = GuideAttentionState(key_bias=bias, pad_offsets=torch.tensor([5, 0]))
+    batch = tiny(input_ids=ids, attention_mask=mask, position_ids=position_ids, guide=state).logits
+    reference_model = twin(tiny, REFERENCE)
+    alone_short = reference_model(short, reference=Recorder(bias_short)).logits
+    alone_long = reference_model(long_, reference=Recorder(bias_long)).logits
+    torch.testing.assert_close(batch[0, 5:], alone_short[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(batch[1], alone_long[0], atol=1e-4, rtol=1e-4)
