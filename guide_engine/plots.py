@@ -44,20 +44,51 @@ def layer_values(result: InfluenceResult, layer: int) -> np.ndarray:
     return np.asarray(values, dtype=np.float64).reshape(-1)
 
 
-def display_token(token: str) -> str:
-    """Readable text of a token: byte-level BPE's 'Ġ' becomes a space and 'Ċ' a newline.
+def _byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level BPE alphabet: the printable character that stands for each byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            chars[chr(byte)] = byte
+        else:
+            chars[chr(256 + extra)] = byte
+            extra += 1
+    return chars
 
-    The rule does not depend on the tokenizer; SentencePiece's '▁' (U+2581) also becomes a space.
+
+_BYTE_OF = _byte_level_alphabet()
+
+
+def display_token(token: str) -> str:
+    """Readable text of a token, whatever the tokenizer.
+
+    The rule: 'Ġ' becomes a space, 'Ċ' a newline and SentencePiece's '▁' a space. When every
+    character of the token is in byte-level BPE's alphabet and the bytes they stand for are valid
+    UTF-8, the token is shown as that text (so 'Ã©' shows as 'é'); this reduces to the rule for
+    'Ġ' and 'Ċ' and leaves other tokens unchanged.
     """
+    if token and all(c in _BYTE_OF for c in token):
+        try:
+            return bytes(_BYTE_OF[c] for c in token).decode("utf-8")
+        except UnicodeDecodeError:
+            pass
     return token.replace("Ġ", " ").replace("▁", " ").replace("Ċ", "\n")
 
 
 def rolling_mean(values: np.ndarray, window: int) -> np.ndarray:
-    """Trailing mean over the last ``window`` values (fewer at the start), like pandas' ``rolling(window, min_periods=1)``."""
-    sums = np.cumsum(np.concatenate([[0.0], values]))
+    """Trailing mean over the last ``window`` values, skipping NaN (pandas' ``rolling(window, min_periods=1)``).
+
+    A position whose window holds only NaN gets NaN (a gap in the line).
+    """
+    missing = np.isnan(values)
+    sums = np.cumsum(np.concatenate([[0.0], np.where(missing, 0.0, values)]))
+    counts = np.cumsum(np.concatenate([[0], ~missing]))
     ends = np.arange(1, len(values) + 1)
     starts = np.maximum(ends - window, 0)
-    return (sums[ends] - sums[starts]) / (ends - starts)
+    n = counts[ends] - counts[starts]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, (sums[ends] - sums[starts]) / np.maximum(n, 1), np.nan)
 
 
 def _available(result: InfluenceResult) -> list[int]:
@@ -146,7 +177,10 @@ def influence_figure(result: InfluenceResult, layers: Sequence[int] | None = Non
         positions = np.arange(len(values))
         color = palette[n % len(palette)]
         ax.plot(positions, logged, color=color, linewidth=0.8, alpha=0.35, label=f"layer {layer}, per token")
-        ax.plot(positions, rolling_mean(logged, int(window)), color=color, linewidth=2.0, label=f"layer {layer}, mean of {window} tokens")
+        # Like the paper (whose log of 0 is -inf and is dropped), the mean skips the values at the floor.
+        measured = np.where(values >= LOG_FLOOR, logged, np.nan)
+        ax.plot(positions, rolling_mean(measured, int(window)), color=color, linewidth=2.0,
+                label=f"layer {layer}, mean of {window} tokens")
 
     for n, span in enumerate(_influence_spans(result)):
         ax.axvspan(span.token_start - 0.5, span.token_end - 0.5, color="#f2c14e", alpha=0.35, linewidth=0,
@@ -160,7 +194,7 @@ def influence_figure(result: InfluenceResult, layers: Sequence[int] | None = Non
     ax.set_title(describe(result))
     ax.set_xlim(-0.5, max(len(result.tokens), 1) - 0.5)
     ax.grid(True, alpha=0.25)
-    ax.legend(loc="lower left", fontsize=8, ncols=2, framealpha=0.85)
+    fig.legend(loc="outside lower center", fontsize=8, ncols=min(4, 2 * len(chosen) + 2), frameon=False)
     return fig
 
 
