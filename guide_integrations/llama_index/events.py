@@ -73,25 +73,32 @@ class InfluenceEventHandler(BaseEventHandler):
     """
 
     events: list[InfluenceEvent] = Field(default_factory=list, description="The events, in arrival order.")
-    results: list[InfluenceResult] = Field(
-        default_factory=list, description="One InfluenceResult per event, rebuilt from its payload."
-    )
+    _results: list[InfluenceResult] = PrivateAttr(default_factory=list)
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     @classmethod
     def class_name(cls) -> str:
         """Class name."""
         return "InfluenceEventHandler"
 
+    @property
+    def results(self) -> list[InfluenceResult]:
+        """One :class:`~guide_engine.InfluenceResult` per event, rebuilt from its payload, in order."""
+        return self._results
+
     def handle(self, event: BaseEvent, **kwargs: Any) -> None:
         """Keep influence events; ignore every other event."""
         if isinstance(event, InfluenceEvent):
-            self.results.append(event.result())
-            self.events.append(event)
+            result = event.result()
+            with self._lock:  # events[i] and results[i] stay paired across threads
+                self._results.append(result)
+                self.events.append(event)
 
     def clear(self) -> None:
         """Forget the collected events."""
-        self.events.clear()
-        self.results.clear()
+        with self._lock:
+            self.events.clear()
+            self._results.clear()
 
 
 class ResponseAnnotator(BaseSpanHandler[BaseSpan]):
@@ -138,7 +145,7 @@ class ResponseAnnotator(BaseSpanHandler[BaseSpan]):
             parent = self._parents.pop(id_, None)
             records = self._records.pop(id_, [])
         record = _guide_record(result)
-        if record is not None:
+        if record is not None and all(r.get("id") != record.get("id") for r in records):
             records.append(record)
         if not records:
             return

@@ -1,0 +1,37 @@
+"""GUIDE for LangChain: ``ChatGuide`` (a chat model), Influence as a callback event, tag escaping.
+
+Install with ``pip install "guide-attention[langchain]"``.
+
+- :class:`ChatGuide` — a ``BaseChatModel`` on a local model; tags in any message of a prompt
+  (f-string, mustache or jinja2 templates alike) bias attention; ``stream``, ``astream``,
+  ``batch`` (one engine batch) and ``abatch`` are native.
+- :class:`InfluenceCallbackHandler` — collects the ``"guide_influence"`` events a ``<?->`` span
+  produces, as :class:`~guide_engine.InfluenceResult` objects that plot and export themselves.
+- :data:`escape_documents` / :func:`escape_untrusted` — make retrieved documents, tool output or
+  end-user text literal before it enters a template, so it cannot create spans.
+"""
+
+from __future__ import annotations
+
+try:
+    import langchain_core  # noqa: F401
+except ImportError as error:  # pragma: no cover - exercised only without the extra
+    from guide_engine import MissingDependencyError
+
+    raise MissingDependencyError(
+        'guide_integrations.langchain needs langchain-core; install it with `pip install "guide-attention[langchain]"`'
+    ) from error
+
+from .callbacks import INFLUENCE_EVENT, InfluenceCallbackHandler
+from .chat_model import ChatGuide
+from .messages import MessageError, escape_documents, escape_untrusted, to_engine_prompt
+
+__all__ = [
+    "INFLUENCE_EVENT",
+    "ChatGuide",
+    "InfluenceCallbackHandler",
+    "MessageError",
+    "escape_documents",
+    "escape_untrusted",
+    "to_engine_prompt",
+]

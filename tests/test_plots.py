@@ -1,0 +1,319 @@
+"""Tests of the influence pictures (guide_engine.plots): the PNG figure and the HTML heatmap."""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import shutil
+import struct
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from guide_engine import AppliedSpan, GuideError, InfluenceResult, shared_engine
+from guide_engine.plots import LOG_FLOOR, display_token, influence_figure, influence_html, plot_influence
+
+NASTY = "Ġ</script><b>"
+TOKENS = [
+    "<|im_start|>", "user", "Ċ", "Tell", "Ġme", "Ġabout", "Ġcats", NASTY, "Ġ&", "Ġ\"q'", "<|im_end|>", "Ċ",
+    "<|im_start|>", "ass", "istant", "Ċ", "Cats", "Ġpurr", "Ã©", ".",
+]
+GEN_START = 16
+SPAN = AppliedSpan("influence", 0, 0.0, "cats </script><b>", 0, 6, 8)
+EMPHASIS = AppliedSpan("emphasis", 2, 1.5, "Tell me", 0, 3, 5)
+
+
+def _layer(seed: int) -> list[float]:
+    """Zero before the span (as causality makes it), known positive numbers from it on."""
+    rng = np.random.default_rng(seed)
+    values = [0.0] * SPAN.token_start + list(rng.uniform(1e-4, 1.0, len(TOKENS) - SPAN.token_start))
+    values[12] = 3e-10  # below the floor: drawn at the floor
+    return values
+
+
+def make_result(num_layers: int = 5) -> InfluenceResult:
+    layers = {-1: torch.tensor([1.0 if SPAN.token_start <= i < SPAN.token_end else 0.0 for i in range(len(TOKENS))])}
+    layers.update({k: torch.tensor(_layer(k), dtype=torch.float32) for k in range(num_layers)})
+    return InfluenceResult(
+        layers=layers, tokens=list(TOKENS), spans=(EMPHASIS, SPAN), generation_start=GEN_START,
+        metric="influence", delta_influence=0.25, token_ids=list(range(len(TOKENS))),
+    )
+
+
+def reference_rolling_log_mean(values: list[float], window: int) -> list[float]:
+    """Trailing mean of log10 over the last `window` positions, skipping values under the floor."""
+    out = []
+    for i in range(len(values)):
+        kept = [math.log10(v) for v in values[max(0, i - window + 1) : i + 1] if v >= LOG_FLOOR]
+        out.append(sum(kept) / len(kept) if kept else float("nan"))
+    return out
+
+
+# ----------------------------------------------------------------------------------------- PNG
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG signature"
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_plot_writes_a_valid_png(tmp_path: Path) -> None:
+    target = tmp_path / "influence.png"
+    assert plot_influence(make_result(), target) == str(target)
+    width, height = png_size(target)
+    assert 800 <= width <= 2400 and 400 <= height <= 1400 and width > height
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(target)
+    assert pixels.shape[:2] == (height, width)
+    assert pixels[..., :3].std() > 0.05  # something was drawn
+
+
+def test_result_plot_method_uses_the_same_figure(tmp_path: Path) -> None:
+    target = tmp_path / "via_method.png"
+    assert make_result().plot(str(target), layers=[1]) == str(target)
+    assert png_size(target)[0] > 0
+
+
+def _lines(fig) -> dict[str, object]:
+    return {line.get_label(): line for line in fig.axes[0].get_lines()}
+
+
+def test_figure_lines_are_log10_of_the_values_with_a_rolling_mean() -> None:
+    result = make_result()
+    fig = influence_figure(result, layers=[0, 3], window=3)
+    lines = _lines(fig)
+    for layer in (0, 3):
+        values = result[layer].tolist()
+        raw = lines[f"layer {layer}, per token"]
+        np.testing.assert_array_equal(raw.get_xdata(), np.arange(len(TOKENS)))
+        np.testing.assert_allclose(raw.get_ydata(), [math.log10(max(v, LOG_FLOOR)) for v in values], rtol=1e-12)
+        mean = lines[f"layer {layer}, mean of 3 tokens"]
+        np.testing.assert_allclose(mean.get_ydata(), reference_rolling_log_mean(values, 3), rtol=1e-12, equal_nan=True)
+    # Zeros and values under the floor sit at log10(floor) = -8 on the raw line.
+    assert lines["layer 0, per token"].get_ydata()[0] == -8.0
+    assert lines["layer 0, per token"].get_ydata()[12] == -8.0
+    assert set(lines) == {"layer 0, per token", "layer 0, mean of 3 tokens", "layer 3, per token",
+                          "layer 3, mean of 3 tokens", "generation starts"}
+    assert list(lines["generation starts"].get_xdata()) == [GEN_START - 0.5, GEN_START - 0.5]
+
+
+def test_figure_shades_the_span_and_labels_the_axes() -> None:
+    fig = influence_figure(make_result(), layers=[2])
+    ax = fig.axes[0]
+    shaded = [p for p in ax.patches if p.get_label() == "influence span"]
+    assert len(shaded) == 1
+    left, width = shaded[0].get_x(), shaded[0].get_width()  # a Rectangle in data x-coordinates
+    assert (left, left + width) == (SPAN.token_start - 0.5, SPAN.token_end - 0.5)
+    assert ax.get_xlabel() == "token position (prompt and generated text)"
+    assert ax.get_ylabel() == "log10 influence (values < 1e-08 drawn at -8)"
+    assert ax.get_title() == "Influence of “cats </script><b>” (Δ influence = 0.25; emphasis Δ = 1.5)"
+    legend_labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend_labels == ["layer 2, per token", "layer 2, mean of 5 tokens", "influence span", "generation starts"]
+
+
+def test_default_layers_are_first_middle_and_last() -> None:
+    labels = set(_lines(influence_figure(make_result(num_layers=5))))
+    assert {label for label in labels if label.endswith("per token")} == {
+        "layer 0, per token", "layer 2, per token", "layer 4, per token"}
+    rollout = make_result(num_layers=2)
+    rollout.metric = "attention_rollout"
+    fig = influence_figure(rollout)
+    assert {label for label in _lines(fig) if label.endswith("per token")} == {"layer 0, per token", "layer 1, per token"}
+    assert fig.axes[0].get_ylabel().startswith("log10 attention rollout")
+
+
+def test_bad_layers_and_window_are_named() -> None:
+    result = make_result(num_layers=5)
+    with pytest.raises(GuideError) as error:
+        influence_figure(result, layers=[0, 7])
+    assert str(error.value) == (
+        "layer 7 is not in this result; available layers are -1..4 (-1 is the span indicator before the first layer)")
+    with pytest.raises(GuideError, match=r"layer 'x' is not in this result"):
+        result.plot("unused.png", layers=["x"])
+    with pytest.raises(GuideError, match=r"layers must be a non-empty list of layer indices, got \[\]"):
+        influence_figure(result, layers=[])
+    with pytest.raises(GuideError, match=r"window must be a positive integer number of tokens, got 0"):
+        influence_figure(result, window=0)
+
+
+def test_unwritable_path_is_a_guide_error(tmp_path: Path) -> None:
+    missing = tmp_path / "no" / "such" / "dir"
+    with pytest.raises(GuideError, match=r"cannot write the plot to .*no/such/dir/x\.png"):
+        plot_influence(make_result(), missing / "x.png")
+    with pytest.raises(GuideError, match=r"cannot write the HTML page to .*no/such/dir/x\.html"):
+        influence_html(make_result(), missing / "x.html")
+
+
+# ---------------------------------------------------------------------------------------- HTML
+
+
+class PageParser(HTMLParser):
+    """Collects what a browser would build: token boxes, scripts, controls."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tokens: list[dict] = []
+        self.scripts: list[tuple[dict, str]] = []
+        self.inputs: list[dict] = []
+        self.options: list[str] = []
+        self.markers: list[int] = []  # number of token boxes seen before each generation marker
+        self._in_token: dict | None = None
+        self._script: dict | None = None
+        self.external: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        a = dict(attrs)
+        for key in ("src", "href"):
+            if key in a:
+                self.external.append(a[key])
+        classes = (a.get("class") or "").split()
+        if tag == "span" and "tok" in classes:
+            self._in_token = {"i": int(a["data-i"]), "classes": classes, "text": ""}
+        elif tag == "span" and "gen-marker" in classes:
+            self.markers.append(len(self.tokens))
+        elif tag == "script":
+            self._script = a
+            self.scripts.append((a, ""))
+        elif tag == "input":
+            self.inputs.append(a)
+        elif tag == "option":
+            self.options.append(a["value"])
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "span" and self._in_token is not None:
+            self.tokens.append(self._in_token)
+            self._in_token = None
+        elif tag == "script":
+            self._script = None
+
+    def handle_data(self, data: str) -> None:
+        if self._in_token is not None:
+            self._in_token["text"] += data
+        if self._script is not None:
+            attrs, text = self.scripts[-1]
+            self.scripts[-1] = (attrs, text + data)
+
+
+def parse_page(path: Path) -> tuple[str, PageParser]:
+    page = path.read_text(encoding="utf-8")
+    parser = PageParser()
+    parser.feed(page)
+    parser.close()
+    return page, parser
+
+
+def embedded_data(parser: PageParser) -> dict:
+    blocks = [text for attrs, text in parser.scripts if attrs.get("type") == "application/json"]
+    assert len(blocks) == 1
+    return json.loads(blocks[0])
+
+
+def test_html_embeds_every_layer_exactly(tmp_path: Path) -> None:
+    result = make_result()
+    target = tmp_path / "influence.html"
+    assert influence_html(result, target) == str(target)
+    _, parser = parse_page(target)
+    data = embedded_data(parser)
+    assert data["layer_order"] == [-1, 0, 1, 2, 3, 4]
+    assert {int(k): v for k, v in data["layers"].items()} == {k: result[k].tolist() for k in result}
+    assert data["tokens"] == TOKENS
+    assert data["generation_start"] == GEN_START
+    assert data["spans"] == [EMPHASIS.to_dict(), SPAN.to_dict()]
+
+
+def test_html_shows_every_token_readably_and_escaped(tmp_path: Path) -> None:
+    target = make_result().to_html(str(tmp_path / "tokens.html"))
+    page, parser = parse_page(Path(target))
+    # A browser sees one box per token, in order, with readable text.
+    assert [t["i"] for t in parser.tokens] == list(range(len(TOKENS)))
+    assert [t["text"] for t in parser.tokens] == [display_token(t).replace("\n", "↵") for t in TOKENS]
+    assert parser.tokens[4]["text"] == " me" and parser.tokens[2]["text"] == "↵" and parser.tokens[18]["text"] == "é"
+    for token in TOKENS:
+        assert html.escape(display_token(token).replace("\n", "↵")) in page
+    # The hostile token cannot open or close elements: it is text in its box and a string in the JSON.
+    assert parser.tokens[7]["text"] == " </script><b>"
+    assert " &lt;/script&gt;&lt;b&gt;" in page
+    assert "<b>" not in page
+    assert page.count("</script>") == 2 and len(parser.scripts) == 2
+    assert embedded_data(parser)["tokens"][7] == NASTY
+
+
+def test_html_outlines_spans_marks_generation_and_has_layer_controls(tmp_path: Path) -> None:
+    page, parser = parse_page(Path(make_result(num_layers=5).to_html(tmp_path / "controls.html")))
+    influence = [t["i"] for t in parser.tokens if "in-influence" in t["classes"]]
+    emphasis = [t["i"] for t in parser.tokens if "in-emphasis" in t["classes"]]
+    assert influence == list(range(SPAN.token_start, SPAN.token_end))
+    assert emphasis == list(range(EMPHASIS.token_start, EMPHASIS.token_end))
+    assert parser.markers == [GEN_START]  # right before the first generated token
+    (slider,) = [a for a in parser.inputs if a.get("type") == "range"]
+    assert (slider["min"], slider["max"], slider["step"], slider["value"]) == ("-1", "4", "1", "4")
+    assert parser.options == ["-1", "0", "1", "2", "3", "4"]
+    assert any(a.get("type") == "checkbox" and a.get("id") == "log-scale" for a in parser.inputs)
+    assert 'id="tooltip"' in page
+    # Self-contained: nothing to fetch.
+    assert parser.external == [] and "http://" not in page and "https://" not in page
+
+
+def test_html_turns_non_finite_values_into_null(tmp_path: Path) -> None:
+    result = make_result(num_layers=1)
+    result.layers[0] = torch.tensor([float("nan")] + result[0].tolist()[1:])
+    _, parser = parse_page(Path(influence_html(result, tmp_path / "nan.html")))
+    assert embedded_data(parser)["layers"]["0"][:2] == [None, 0.0]
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian chromium is not installed (apt-get install chromium)")
+def test_html_layer_slider_recolors_in_a_real_browser(tmp_path: Path) -> None:
+    """Drive the page's slider and select in headless chromium and read back the DOM."""
+    result = make_result(num_layers=5)
+    page = Path(influence_html(result, tmp_path / "slider.html")).read_text(encoding="utf-8")
+    probe = """<script>
+var r = document.getElementById("layer-range"), s = document.getElementById("layer-select");
+r.value = "0"; r.dispatchEvent(new Event("input"));
+document.body.setAttribute("data-slider", window.guideInfluence.layer() + "|" + s.value);
+s.value = "-1"; s.dispatchEvent(new Event("change"));
+document.body.setAttribute("data-select", window.guideInfluence.layer() + "|" + r.value + "|" +
+  document.querySelector('.tok[data-i="6"]').style.backgroundColor + "|" + document.querySelector('.tok[data-i="9"]').style.backgroundColor);
+</script></body>"""
+    (tmp_path / "probe.html").write_text(page.replace("</body>", probe), encoding="utf-8")
+    dom = subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", (tmp_path / "probe.html").as_uri()],
+        capture_output=True, text=True, timeout=90, check=True,
+    ).stdout
+    assert 'data-slider="0|0"' in dom
+    # Layer -1 is the indicator: the span is colored at full heat, the rest is left white.
+    assert 'data-select="-1|-1|rgb(128, 0, 38)|"' in dom
+
+
+# ---------------------------------------------------------------------------------- real model
+
+
+@pytest.mark.real_model
+def test_real_model_influence_plot_and_html(tmp_path: Path) -> None:
+    engine = shared_engine()
+    generated = engine.generate("Describe <?->a red apple<-?> in a few words.", max_new_tokens=8, metric="influence")
+    result = generated.influence
+    assert len(result.tokens) == generated.prompt_tokens + generated.completion_tokens
+    png = tmp_path / "real.png"
+    assert result.plot(str(png)) == str(png)
+    assert png_size(png)[0] > 0
+    lines = _lines(influence_figure(result))
+    last = engine.num_layers - 1
+    assert {f"layer {k}, per token" for k in (0, engine.num_layers // 2, last)} <= set(lines)
+    np.testing.assert_allclose(
+        lines[f"layer {last}, per token"].get_ydata(), np.log10(np.clip(result[last].double().numpy(), LOG_FLOOR, None)))
+    page = tmp_path / "real.html"
+    assert result.to_html(str(page)) == str(page)
+    _, parser = parse_page(page)
+    data = embedded_data(parser)
+    assert len(data["layers"]) == engine.num_layers + 1
+    assert {int(k): v for k, v in data["layers"].items()} == {k: result[k].tolist() for k in result}
+    assert len(parser.tokens) == len(result.tokens)
+    assert parser.markers == [generated.prompt_tokens]
