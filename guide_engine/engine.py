@@ -14,7 +14,7 @@ from .alignment import AppliedSpan, EncodedPrompt, Prompt, encode_prompt
 from .attention import GuideAttentionState
 from .decoding import SamplingConfig, decode_steps, left_pad
 from .errors import ContextLengthError, GuideError, ModelNotSupportedError
-from .influence import METRICS, InfluenceResult, compute_influence
+from .influence import METRICS, InfluenceResult, compute_influence, install_hooks
 from .models import load_model_and_tokenizer
 
 Metric = Literal["influence", "attention_rollout"]
@@ -151,6 +151,7 @@ class GuideEngine:
         self.model = model
         self.tokenizer = tokenizer
         self._use_guide_attention(model)
+        install_hooks(model)  # read-only; they act only on forwards that carry an influence tracker
         self.num_layers = int(model.config.num_hidden_layers)
         self.num_heads = int(model.config.num_attention_heads)
         self.delta_mid = _finite("delta_mid", delta_mid)

@@ -14,6 +14,7 @@ take the L1 norms of ``x`` and ``o``; they act only on a forward that carries a 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -106,14 +107,18 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     raise RuntimeError(f"{type(model).__name__}: no decoder layers with a `self_attn` module found")
 
 
+_install_lock = threading.Lock()
+
+
 def install_hooks(model: torch.nn.Module) -> None:
-    """Attach the read-only norm hooks once per model (idempotent)."""
-    if getattr(model, "_guide_influence_hooks", False):
-        return
-    for layer in decoder_layers(model):
-        layer.register_forward_pre_hook(_layer_input_hook, with_kwargs=True)
-        layer.self_attn.register_forward_hook(_attention_output_hook(layer), with_kwargs=True)
-    model._guide_influence_hooks = True
+    """Attach the read-only norm hooks once per model (idempotent and thread-safe)."""
+    with _install_lock:
+        if getattr(model, "_guide_influence_hooks", False):
+            return
+        for layer in decoder_layers(model):
+            layer.register_forward_pre_hook(_layer_input_hook, with_kwargs=True)
+            layer.self_attn.register_forward_hook(_attention_output_hook(layer), with_kwargs=True)
+        model._guide_influence_hooks = True
 
 
 @dataclass
@@ -189,7 +194,6 @@ class InfluenceResult(Mapping):
 @torch.inference_mode()
 def compute_influence(engine: GuideEngine, encoded: EncodedPrompt, generated: list[int], opts: RequestOptions) -> InfluenceResult:
     """Run the one extra forward pass over prompt + generated tokens and collect every layer."""
-    install_hooks(engine.model)
     ids = list(encoded.input_ids) + list(generated)
     indicator = torch.tensor([encoded.influence_mask + [False] * len(generated)], dtype=torch.float32)
     tracker = InfluenceTracker(indicator.to(engine.model.device), opts.metric)
