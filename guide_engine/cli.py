@@ -156,8 +156,13 @@ def summary_table(influence: Any) -> Any:
 
 # ------------------------------------------------------------------------------------ commands
 
-PromptArg = typer.Argument(None, help="The prompt, with GUIDE tags; '-' or omitted: read from stdin.", show_default=False)
-ModelOpt = typer.Option("default", "--model", "-m", help="'default' (embedded SmolLM2-135M-Instruct), a hub id, a folder or a .gguf file.")
+PromptArg = typer.Argument(
+    None, help="The prompt, with GUIDE tags; '-' or omitted: read from stdin.", show_default=False
+)
+ModelOpt = typer.Option(
+    "default", "--model", "-m",
+    help="'default' (embedded SmolLM2-135M-Instruct), a hub id, a folder or a .gguf file.",
+)
 GgufOpt = typer.Option(None, "--gguf-file", help="GGUF file name inside --model (a folder or hub repository).")
 SystemOpt = typer.Option(None, "--system", help="A system message (tags allowed) sent before the prompt.")
 
@@ -165,7 +170,9 @@ SystemOpt = typer.Option(None, "--system", help="A system message (tags allowed)
 @app.command()
 def generate(
     prompt: Optional[str] = PromptArg,
-    delta_mid: float = typer.Option(1.0, "--delta-mid", help="Δ of <!!-> emphasis (<!-> gets half, <!!!-> double); may be negative."),
+    delta_mid: float = typer.Option(
+        1.0, "--delta-mid", help="Δ of <!!-> emphasis (<!-> gets half, <!!!-> double); may be negative."
+    ),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1, help="Most tokens to generate."),
     model: str = ModelOpt,
     gguf_file: Optional[str] = GgufOpt,
@@ -203,13 +210,19 @@ def generate(
 def influence(
     prompt: Optional[str] = PromptArg,
     metric: Metric = typer.Option(Metric.influence, "--metric", help="What to measure."),
-    delta_influence: float = typer.Option(0.0, "--delta-influence", help="Δ applied to the <?-> span while measuring."),
+    delta_influence: float = typer.Option(
+        0.0, "--delta-influence", help="Δ applied to the <?-> span while measuring."
+    ),
     delta_mid: float = typer.Option(1.0, "--delta-mid", help="Δ of <!!-> emphasis elsewhere in the prompt."),
     max_new_tokens: int = typer.Option(40, "--max-new-tokens", min=1, help="Most tokens to generate."),
     plot: Optional[str] = typer.Option(None, "--plot", help="Write the log-influence figure to this PNG."),
     html_path: Optional[str] = typer.Option(None, "--html", help="Write the token heatmap to this HTML file."),
-    json_path: Optional[str] = typer.Option(None, "--json", help="Write the influence (InfluenceResult.to_dict) to this JSON file."),
-    layers_to_plot: Optional[str] = typer.Option(None, "--layers-to-plot", help="Layers in the PNG, e.g. 0,15,29 (default first, middle, last)."),
+    json_path: Optional[str] = typer.Option(
+        None, "--json", help="Write the influence (InfluenceResult.to_dict) to this JSON file."
+    ),
+    layers_to_plot: Optional[str] = typer.Option(
+        None, "--layers-to-plot", help="Layers in the PNG, e.g. 0,15,29 (default first, middle, last)."
+    ),
     window: int = typer.Option(5, "--window", min=1, help="Tokens in the rolling mean of the PNG."),
     model: str = ModelOpt,
     gguf_file: Optional[str] = GgufOpt,
@@ -229,7 +242,9 @@ def influence(
         if plot_layers is not None:
             bad = [k for k in plot_layers if not -1 <= k < engine.num_layers]
             if bad:
-                raise GuideError(f"--layers-to-plot: layer {bad[0]} is out of range; this model has layers -1..{engine.num_layers - 1}")
+                raise GuideError(
+                    f"--layers-to-plot: layer {bad[0]} is out of range; this model has layers -1..{engine.num_layers - 1}"
+                )
         result = stream_text(engine, text, **options)
         measured = result.influence
         from rich.console import Console

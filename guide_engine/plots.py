@@ -285,7 +285,8 @@ h1 { font-size: 1.25rem; margin: 0 0 .4rem; }
 .controls label { font-size: .9rem; }
 #layer-range { width: 18rem; vertical-align: middle; }
 .legend { display: flex; align-items: center; gap: .4rem; font-size: .8rem; }
-#colorbar { width: 12rem; height: .8rem; border: 1px solid #999; }
+#colorbar { width: 12rem; height: .8rem; border: 1px solid #999;
+  background: linear-gradient(to right, #fff, #ffeda0, #feb24c, #f03b20, #800026); }
 .key { font-size: .8rem; color: #444; margin: .5rem 0 1rem; }
 .key span.sample { display: inline-block; padding: 0 .3rem; margin: 0 .2rem; }
 #tokens { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas, monospace; font-size: .95rem;
@@ -323,6 +324,8 @@ _JS = r"""
     var k = Math.min(Math.floor(t), STOPS.length - 2), f = t - k, a = STOPS[k], b = STOPS[k + 1];
     return [0, 1, 2].map(function (c) { return Math.round(a[c] + (b[c] - a[c]) * f); });
   }
+  function maxOf(xs) { return xs.reduce(function (a, b) { return b > a ? b : a; }, -Infinity); }
+  function minOf(xs) { return xs.reduce(function (a, b) { return b < a ? b : a; }, Infinity); }
   function fmt(v) { return v === null ? "n/a" : (v === 0 ? "0" : v.toPrecision(4)); }
   function nearest(layer) {
     var best = order[0];
@@ -332,9 +335,9 @@ _JS = r"""
   function scale(values, useLog) {
     var pos = values.filter(function (v) { return v !== null && v > 0; });
     if (!pos.length) { return function () { return 0; }; }
-    var hi = Math.max.apply(null, pos);
+    var hi = maxOf(pos);
     if (useLog) {
-      var lo = Math.max(Math.log10(Math.min.apply(null, pos)), Math.log10(FLOOR));
+      var lo = Math.max(Math.log10(minOf(pos)), Math.log10(FLOOR));
       if (hi <= 0 || Math.log10(hi) - lo < 1e-9) { return function (v) { return v > 0 ? 1 : 0; }; }
       return function (v) { return v > 0 ? (Math.log10(Math.max(v, FLOOR)) - lo) / (Math.log10(hi) - lo) : 0; };
     }
@@ -352,8 +355,9 @@ _JS = r"""
     });
     var gen = values.slice(data.generation_start).filter(function (v) { return v !== null; });
     var mean = gen.length ? gen.reduce(function (a, b) { return a + b; }, 0) / gen.length : null;
+    var known = values.filter(function (v) { return v !== null; });
     stats.textContent = "layer " + current + (current === -1 ? " (span indicator)" : "") +
-      " · mean over generated tokens: " + fmt(mean) + " · max: " + fmt(Math.max.apply(null, values.map(function (v) { return v === null ? -Infinity : v; })));
+      " · mean over generated tokens: " + fmt(mean) + " · max: " + fmt(known.length ? maxOf(known) : null);
     range.value = String(current);
     select.value = String(current);
   }
@@ -365,7 +369,8 @@ _JS = r"""
     el.addEventListener("mousemove", function (ev) {
       var i = parseInt(el.getAttribute("data-i"), 10), v = data.layers[String(current)][i];
       tip.textContent = "position " + i + (i >= data.generation_start ? " (generated)" : " (prompt)") +
-        "\ntoken " + JSON.stringify(data.tokens[i]) + "\n" + data.metric_label.toLowerCase() + " (layer " + current + "): " + fmt(v) +
+        "\ntoken " + JSON.stringify(data.tokens[i]) +
+        "\n" + data.metric_label.toLowerCase() + " (layer " + current + "): " + fmt(v) +
         (v > 0 ? "  log10 " + Math.log10(v).toFixed(2) : "") +
         (el.classList.contains("in-influence") ? "\nin the influence span" : "") +
         (el.classList.contains("in-emphasis") ? "\nin an emphasis span" : "");
@@ -429,7 +434,7 @@ Spans: {html.escape(spans)}</div>
     aria-label="layer"{'' if contiguous else ' title="layers missing from the result snap to the nearest one"'}>
   <select id="layer-select" aria-label="layer">{options}</select>
   <label><input type="checkbox" id="log-scale" checked> log scale</label>
-  <span class="legend">low <span id="colorbar" style="background: linear-gradient(to right, #fff, #ffeda0, #feb24c, #f03b20, #800026)"></span> high</span>
+  <span class="legend">low <span id="colorbar"></span> high</span>
   <span id="layer-stats" class="legend"></span>
 </div>
 <div class="key">Each box is a token colored by its {html.escape(payload["metric_label"].lower())} in the chosen layer

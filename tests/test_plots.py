@@ -243,6 +243,8 @@ def test_html_shows_every_token_readably_and_escaped(tmp_path: Path) -> None:
     assert " &lt;/script&gt;&lt;b&gt;" in page
     assert "<b>" not in page
     assert page.count("</script>") == 2 and len(parser.scripts) == 2
+    (block,) = [text for attrs, text in parser.scripts if attrs.get("type") == "application/json"]
+    assert "<" not in block and ">" not in block  # no '</script', '<!--' or '<script' can form inside it
     assert embedded_data(parser)["tokens"][7] == NASTY
 
 
