@@ -100,7 +100,11 @@ def shared_engine(model: Any = None, **load_kwargs: Any) -> Any:
 
     if isinstance(model, GuideEngine):
         return model
-    key = (model if model not in DEFAULT_MODEL_NAMES else None, tuple(sorted((k, repr(v)) for k, v in load_kwargs.items())))
+    load_kwargs = {k: v for k, v in load_kwargs.items() if v is not None}
+    if "dtype" in load_kwargs:
+        load_kwargs["dtype"] = _torch_dtype(load_kwargs["dtype"])  # "bfloat16" and torch.bfloat16 share an engine
+    name = None if model in DEFAULT_MODEL_NAMES else os.fspath(model)
+    key = (name, tuple(sorted((k, repr(v)) for k, v in load_kwargs.items())))
     with _shared_lock:
         if key not in _shared:
             _shared[key] = GuideEngine.from_pretrained(model, **load_kwargs)

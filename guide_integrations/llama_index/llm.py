@@ -369,10 +369,8 @@ class GuideLLM(CustomLLM):
         raw: dict[str, Any] = {GUIDE_METADATA_KEY: record, "usage": usage, "influence": None}
         if result.influence is not None:
             raw["influence"] = result.influence.to_dict()
-            event = InfluenceEvent(model=record["model"], text=result.text, influence=raw["influence"])
-            if span_id is not None:
-                event.span_id = span_id
-            dispatcher.event(event)
+            where = {"span_id": span_id} if span_id is not None else {}  # a stream ends after its call's span
+            dispatcher.event(InfluenceEvent(model=record["model"], text=result.text, influence=raw["influence"], **where))
         return {"spans": spans, **usage, "finish_reason": result.finish_reason}, raw
 
     def _completion_response(self, result: GenerationResult, delta: str, span_id: Optional[str] = None) -> CompletionResponse:
