@@ -103,9 +103,11 @@ def shared_engine(model: Any = None, **load_kwargs: Any) -> Any:
     load_kwargs = {k: v for k, v in load_kwargs.items() if v is not None}
     if "dtype" in load_kwargs:
         load_kwargs["dtype"] = _torch_dtype(load_kwargs["dtype"])  # "bfloat16" and torch.bfloat16 share an engine
-    name = None if model in DEFAULT_MODEL_NAMES else os.fspath(model)
-    key = (name, tuple(sorted((k, repr(v)) for k, v in load_kwargs.items())))
+    # Key on what is actually loaded, so "default" and the embedded GGUF's path share one engine.
+    location = resolve_model(model, load_kwargs.pop("gguf_file", None))
+    key = (location, tuple(sorted((k, repr(v)) for k, v in load_kwargs.items())))
     with _shared_lock:
         if key not in _shared:
-            _shared[key] = GuideEngine.from_pretrained(model, **load_kwargs)
+            folder, gguf = location
+            _shared[key] = GuideEngine.from_pretrained(folder, gguf_file=gguf, **load_kwargs)
         return _shared[key]

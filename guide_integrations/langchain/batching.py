@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 __all__ = ["BatchPlan", "abatch", "batch", "plan_batch"]
 
 
-
 @dataclass
 class BatchPlan:
     """The inputs of a batch, converted, with the options shared by every row."""
@@ -51,7 +50,9 @@ class BatchPlan:
     kwargs: dict[str, Any]
 
 
-def plan_batch(llm: ChatGuide, inputs: Sequence[Any], configs: list[RunnableConfig], kwargs: dict[str, Any]) -> BatchPlan | None:
+def plan_batch(
+    llm: ChatGuide, inputs: Sequence[Any], configs: list[RunnableConfig], kwargs: dict[str, Any], *, async_api: bool
+) -> BatchPlan | None:
     """Decide whether ``inputs`` can be one engine batch; ``None`` sends them down the default path."""
     if len(inputs) < 2 or llm.rate_limiter is not None:
         return None
@@ -65,10 +66,10 @@ def plan_batch(llm: ChatGuide, inputs: Sequence[Any], configs: list[RunnableConf
         return None
     for config in configs:
         manager = CallbackManager.configure(config.get("callbacks"), llm.callbacks, llm.verbose)
-        if llm._should_stream(async_api=False, run_manager=manager, **kwargs):  # type: ignore[arg-type]
+        if llm._should_stream(async_api=async_api, run_manager=manager, **kwargs):  # type: ignore[arg-type]
             return None
-        protocol = getattr(llm, "_should_use_protocol_streaming", None)
-        if protocol is not None and protocol(async_api=False, run_manager=manager, **kwargs):
+        protocol = getattr(llm, "_should_use_protocol_streaming", None)  # langchain-core >= 1.8
+        if protocol is not None and protocol(async_api=async_api, run_manager=manager, **kwargs):
             return None
     return BatchPlan(messages=messages, configs=configs, stop=stop, kwargs=kwargs)
 
@@ -93,12 +94,16 @@ def generate_rows(requests: Sequence[Request | BaseException], max_rows: int) ->
             continue
         for start in range(0, len(rows), max_rows):
             part = rows[start : start + max_rows]
-            for i, outcome in zip(part, _generate_part(engine, [requests[i] for i in part], first.options)):  # type: ignore[misc]
+            for i, outcome in zip(
+                part, _generate_part(engine, [requests[i] for i in part], first.options), strict=True
+            ):  # type: ignore[misc]
                 results[i] = outcome
     return results  # type: ignore[return-value]
 
 
-def _generate_part(engine: GuideEngine, part: list[Request], options: dict[str, Any]) -> list[GenerationResult | BaseException]:
+def _generate_part(
+    engine: GuideEngine, part: list[Request], options: dict[str, Any]
+) -> list[GenerationResult | BaseException]:
     if len(part) == 1:
         return [_one(engine, part[0])]
     try:
@@ -122,7 +127,10 @@ def _ai_message(llm: ChatGuide, result: GenerationResult, request: Request, run_
     message = to_ai_message(result, request.model_name)
     if llm.output_version == "v1":
         message = message.model_copy(
-            update={"content": message.content_blocks, "response_metadata": {**message.response_metadata, "output_version": "v1"}}
+            update={
+                "content": message.content_blocks,
+                "response_metadata": {**message.response_metadata, "output_version": "v1"},
+            }
         )
     message.id = f"{LC_ID_PREFIX}-{run_id}-0"
     return message
@@ -138,11 +146,11 @@ def _start_settings(llm: ChatGuide, plan: BatchPlan) -> tuple[dict[str, Any], di
     return dumpd(llm), params, dict(ls_params)
 
 
-def _requests(llm: ChatGuide, plan: BatchPlan) -> list[Request | BaseException]:
+def _requests(llm: ChatGuide, plan: BatchPlan, run_managers: Sequence[Any]) -> list[Request | BaseException]:
     requests: list[Request | BaseException] = []
-    for messages in plan.messages:
-        try:
-            requests.append(build_request(llm, messages, plan.stop, plan.kwargs))
+    for messages, run_manager in zip(plan.messages, run_managers, strict=True):
+        try:  # measure a row only when its run has a handler to receive the result
+            requests.append(build_request(llm, messages, plan.stop, plan.kwargs, measure=bool(run_manager.handlers)))
         except Exception as error:  # noqa: BLE001 - this row fails alone
             requests.append(error)
     return requests
@@ -160,17 +168,27 @@ def batch(llm: ChatGuide, plan: BatchPlan, return_exceptions: bool) -> list[Any]
     """Run a planned batch: one run per input for the callbacks, one engine batch for the work."""
     serialized, params, ls_params = _start_settings(llm, plan)
     run_managers = []
-    for messages, config in zip(plan.messages, plan.configs):
+    for messages, config in zip(plan.messages, plan.configs, strict=True):
         manager = CallbackManager.configure(
-            config.get("callbacks"), llm.callbacks, llm.verbose, config.get("tags"), llm.tags,
-            {**(config.get("metadata") or {}), **ls_params}, llm.metadata,
+            config.get("callbacks"),
+            llm.callbacks,
+            llm.verbose,
+            config.get("tags"),
+            llm.tags,
+            {**(config.get("metadata") or {}), **ls_params},
+            llm.metadata,
         )
         (run_manager,) = manager.on_chat_model_start(
-            serialized, [messages], invocation_params=params, options={"stop": plan.stop},
-            name=config.get("run_name"), run_id=config.get("run_id"), batch_size=len(plan.messages),
+            serialized,
+            [messages],
+            invocation_params=params,
+            options={"stop": plan.stop},
+            name=config.get("run_name"),
+            run_id=config.get("run_id"),
+            batch_size=len(plan.messages),
         )
         run_managers.append(run_manager)
-    requests = _requests(llm, plan)
+    requests = _requests(llm, plan, run_managers)
     try:
         results = generate_rows(requests, _max_rows(plan))
     except BaseException as error:  # interrupted: close every run
@@ -178,7 +196,7 @@ def batch(llm: ChatGuide, plan: BatchPlan, return_exceptions: bool) -> list[Any]
             run_manager.on_llm_error(error)
         raise
     outcomes: list[Any] = []
-    for request, result, run_manager in zip(requests, results, run_managers):
+    for request, result, run_manager in zip(requests, results, run_managers, strict=True):
         if isinstance(result, BaseException):
             run_manager.on_llm_error(result)
             outcomes.append(result)
@@ -196,17 +214,27 @@ async def abatch(llm: ChatGuide, plan: BatchPlan, return_exceptions: bool) -> li
     """Async :func:`batch`: the engine batch runs on a worker thread, the loop stays free."""
     serialized, params, ls_params = _start_settings(llm, plan)
     run_managers = []
-    for messages, config in zip(plan.messages, plan.configs):
+    for messages, config in zip(plan.messages, plan.configs, strict=True):
         manager = AsyncCallbackManager.configure(
-            config.get("callbacks"), llm.callbacks, llm.verbose, config.get("tags"), llm.tags,
-            {**(config.get("metadata") or {}), **ls_params}, llm.metadata,
+            config.get("callbacks"),
+            llm.callbacks,
+            llm.verbose,
+            config.get("tags"),
+            llm.tags,
+            {**(config.get("metadata") or {}), **ls_params},
+            llm.metadata,
         )
         (run_manager,) = await manager.on_chat_model_start(
-            serialized, [messages], invocation_params=params, options={"stop": plan.stop},
-            name=config.get("run_name"), run_id=config.get("run_id"), batch_size=len(plan.messages),
+            serialized,
+            [messages],
+            invocation_params=params,
+            options={"stop": plan.stop},
+            name=config.get("run_name"),
+            run_id=config.get("run_id"),
+            batch_size=len(plan.messages),
         )
         run_managers.append(run_manager)
-    requests = _requests(llm, plan)
+    requests = _requests(llm, plan, run_managers)
     try:
         results = await asyncio.to_thread(generate_rows, requests, _max_rows(plan))
     except BaseException as error:
@@ -214,7 +242,7 @@ async def abatch(llm: ChatGuide, plan: BatchPlan, return_exceptions: bool) -> li
             await run_manager.on_llm_error(error)
         raise
     outcomes: list[Any] = []
-    for request, result, run_manager in zip(requests, results, run_managers):
+    for request, result, run_manager in zip(requests, results, run_managers, strict=True):
         if isinstance(result, BaseException):
             await run_manager.on_llm_error(result)
             outcomes.append(result)

@@ -56,15 +56,23 @@ class ChatGuide(BaseChatModel):
         description="'default' (the embedded SmolLM2-135M-Instruct), a hub id in the local cache, a model "
         "folder, a path to a .gguf file, or a loaded GuideEngine.",
     )
-    gguf_file: str | None = Field(default=None, description="GGUF file name inside the `model` folder or hub repository.")
+    gguf_file: str | None = Field(
+        default=None, description="GGUF file name inside the `model` folder or hub repository."
+    )
     load_kwargs: dict[str, Any] = Field(
         default_factory=dict,
         description="Passed to GuideEngine.from_pretrained when the model is loaded: dtype, device_map, ...",
     )
-    temperature: float = Field(default=0.0, ge=0.0, allow_inf_nan=False, description="Sampling temperature; 0 is greedy.")
-    max_tokens: int | None = Field(default=None, ge=1, description="Most tokens to generate; None: the engine's default (256).")
+    temperature: float = Field(
+        default=0.0, ge=0.0, allow_inf_nan=False, description="Sampling temperature; 0 is greedy."
+    )
+    max_tokens: int | None = Field(
+        default=None, ge=1, description="Most tokens to generate; None: the engine's default (256)."
+    )
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
-    stop: list[str] | None = Field(default=None, description="Stop strings; the text is cut before the first one. A call's `stop` replaces them.")
+    stop: list[str] | None = Field(
+        default=None, description="Stop strings; the text is cut before the first one. A call's `stop` replaces them."
+    )
     streaming: bool = Field(default=False, description="Stream tokens to callbacks even from invoke().")
     model_kwargs: dict[str, Any] = Field(
         default_factory=dict, description=f"Other engine options for every call: {', '.join(ENGINE_EXTRAS)}."
@@ -80,12 +88,16 @@ class ChatGuide(BaseChatModel):
     )
     metric: Literal["influence", "attention_rollout"] | None = Field(
         default="influence",
-        description="How a <?-> span is measured; None turns measuring off. Prompts without a <?-> span are not measured.",
+        description="How a <?-> span is measured; None turns measuring off. "
+        "Prompts without a <?-> span are not measured.",
     )
-    delta_influence: float = Field(default=0.0, allow_inf_nan=False, description="Δ applied to <?-> spans while measuring.")
+    delta_influence: float = Field(
+        default=0.0, allow_inf_nan=False, description="Δ applied to <?-> spans while measuring."
+    )
     escape_tool_messages: bool = Field(
         default=True,
-        description="Escape tags in ToolMessage content (tool output is untrusted); False lets tool output create spans.",
+        description="Escape tags in ToolMessage content (tool output is untrusted); "
+        "False lets tool output create spans.",
     )
 
     @field_validator("model_kwargs")
@@ -94,8 +106,8 @@ class ChatGuide(BaseChatModel):
         unknown = sorted(set(value) - set(ENGINE_EXTRAS))
         if unknown:
             raise ValueError(
-                f"model_kwargs has unknown option(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(ENGINE_EXTRAS)} "
-                "(the other options are fields of ChatGuide)"
+                f"model_kwargs has unknown option(s) {', '.join(map(repr, unknown))}; "
+                f"allowed: {', '.join(ENGINE_EXTRAS)} (the other options are fields of ChatGuide)"
             )
         return value
 
@@ -121,6 +133,21 @@ class ChatGuide(BaseChatModel):
     def get_lc_namespace(cls) -> list[str]:
         """The import path of this class, for ``langchain_core.load``."""
         return ["guide_integrations", "langchain"]
+
+    def _resolve_model_profile(self) -> Any:
+        # What ChatGuide offers whatever the model: text in, text out, no tools.
+        return {
+            "open_weights": True,
+            "text_inputs": True,
+            "text_outputs": True,
+            "image_inputs": False,
+            "image_url_inputs": False,
+            "pdf_inputs": False,
+            "audio_inputs": False,
+            "video_inputs": False,
+            "tool_calling": False,
+            "tool_choice": False,
+        }
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
@@ -168,7 +195,7 @@ class ChatGuide(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         events = _events(kwargs, run_manager)
-        request = build_request(self, messages, stop, kwargs)
+        request = build_request(self, messages, stop, kwargs, measure=_listening(events))
         result = request.engine().generate(request.prompt, **request.options)
         if events is not None and result.influence is not None:
             events.emit(INFLUENCE_EVENT, result.influence.to_dict())
@@ -182,7 +209,7 @@ class ChatGuide(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         events = _events(kwargs, run_manager)
-        request = build_request(self, messages, stop, kwargs)
+        request = build_request(self, messages, stop, kwargs, measure=_listening(events))
         result: GenerationResult | None = None
         async for item in astream_steps(lambda: _open_stream(request)):
             if isinstance(item, GenerationResult):
@@ -200,7 +227,7 @@ class ChatGuide(BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         events = _events(kwargs, run_manager)
-        request = build_request(self, messages, stop, kwargs)
+        request = build_request(self, messages, stop, kwargs, measure=_listening(events))
         stream = _open_stream(request)
         try:
             for piece in stream:
@@ -223,7 +250,7 @@ class ChatGuide(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         events = _events(kwargs, run_manager)
-        request = build_request(self, messages, stop, kwargs)
+        request = build_request(self, messages, stop, kwargs, measure=_listening(events))
         async for item in astream_steps(lambda: _open_stream(request)):
             if isinstance(item, GenerationResult):
                 if events is not None and item.influence is not None:
@@ -238,14 +265,24 @@ class ChatGuide(BaseChatModel):
     # ------------------------------------- getting the run's callbacks to `_stream` and `_generate`
 
     def stream(
-        self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None, **kwargs: Any
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
     ) -> Iterator[AIMessageChunk]:
         """Stream the answer; a measured span's event goes to the stream's own run."""
         config, kwargs = self._with_run_events(config, kwargs, async_api=False)
         yield from super().stream(input, config, stop=stop, **kwargs)
 
     async def astream(
-        self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None, **kwargs: Any
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
     ) -> AsyncIterator[AIMessageChunk]:
         """Stream the answer without blocking the event loop; see :meth:`stream`."""
         config, kwargs = self._with_run_events(config, kwargs, async_api=True)
@@ -265,7 +302,11 @@ class ChatGuide(BaseChatModel):
         return config, {**kwargs, _EVENTS: RunEvents.for_new_run(self, config, run_id)}
 
     def _generate_with_cache(
-        self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
     ) -> ChatResult:
         # `invoke` may stream through `_stream` (streaming=True, a streaming handler): hand it the run.
         if run_manager is not None:
@@ -294,7 +335,7 @@ class ChatGuide(BaseChatModel):
         **kwargs: Any,
     ) -> list[Any]:
         """Answer several inputs with one batched decoding on the engine (see ``batching``)."""
-        plan = batching.plan_batch(self, inputs, get_config_list(config, len(inputs)), kwargs)
+        plan = batching.plan_batch(self, inputs, get_config_list(config, len(inputs)), kwargs, async_api=False)
         if plan is None:
             return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
         return batching.batch(self, plan, return_exceptions)
@@ -308,7 +349,7 @@ class ChatGuide(BaseChatModel):
         **kwargs: Any,
     ) -> list[Any]:
         """Async :meth:`batch`; the engine batch runs on a worker thread."""
-        plan = batching.plan_batch(self, inputs, get_config_list(config, len(inputs)), kwargs)
+        plan = batching.plan_batch(self, inputs, get_config_list(config, len(inputs)), kwargs, async_api=True)
         if plan is None:
             return await super().abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
         return await batching.abatch(self, plan, return_exceptions)
@@ -320,6 +361,11 @@ def _events(kwargs: dict[str, Any], run_manager: Any) -> RunEvents | None:
     if run_manager is not None:
         return RunEvents.of_run(run_manager)
     return events
+
+
+def _listening(events: RunEvents | None) -> bool:
+    """Whether a measurement would reach anyone: otherwise its extra forward pass is skipped."""
+    return events is not None and bool(events.handlers)
 
 
 def _open_stream(request: Request) -> Any:

@@ -64,8 +64,17 @@ def model_display_name(model: str | GuideEngine) -> str:
     return str(model)
 
 
-def build_request(llm: ChatGuide, messages: Sequence[BaseMessage], stop: list[str] | None, kwargs: Mapping[str, Any]) -> Request:
+def build_request(
+    llm: ChatGuide,
+    messages: Sequence[BaseMessage],
+    stop: list[str] | None,
+    kwargs: Mapping[str, Any],
+    *,
+    measure: bool = True,
+) -> Request:
     """Resolve the settings of one call.
+
+    ``measure=False`` skips the Influence pass: no callback handler could receive it.
 
     Raises:
         GuideError: for a keyword ChatGuide does not know.
@@ -91,7 +100,7 @@ def build_request(llm: ChatGuide, messages: Sequence[BaseMessage], stop: list[st
     for name, engine_name in (("max_tokens", "max_new_tokens"), ("delta_mid", "delta_mid"), ("layers", "layers")):
         if value[name] is not None:  # None: the engine's own default
             options[engine_name] = value[name]
-    if value["metric"] is not None and has_influence_span(prompt):
+    if measure and value["metric"] is not None and has_influence_span(prompt):
         options["metric"] = value["metric"]
     load_kwargs = dict(llm.load_kwargs)
     if "model" not in kwargs and llm.gguf_file is not None:
