@@ -151,7 +151,8 @@ class GuideEngine:
         self.model = model
         self.tokenizer = tokenizer
         self._use_guide_attention(model)
-        install_hooks(model)  # read-only; they act only on forwards that carry an influence tracker
+        # Read-only hooks; they act only on forwards that carry an influence tracker.
+        self.supports_influence = install_hooks(model)
         self.num_layers = int(model.config.num_hidden_layers)
         self.num_heads = int(model.config.num_attention_heads)
         self.delta_mid = _finite("delta_mid", delta_mid)
@@ -317,6 +318,11 @@ class GuideEngine:
             raise ContextLengthError(
                 f"prompt has {n} tokens but the model's context is {self.context_length} tokens; "
                 "shorten the prompt"
+            )
+        if opts.metric is not None and not self.supports_influence:
+            raise ModelNotSupportedError(
+                f"metric={opts.metric!r} needs decoder layers with a `self_attn` module; "
+                f"{type(self.model).__name__} has none, so only emphasis is available"
             )
         if opts.metric is not None and not any(s.kind == "influence" for s in encoded.spans):
             raise GuideError(f"metric={opts.metric!r} needs an influence span: wrap the text to measure in <?-> … <-?>")

@@ -104,21 +104,29 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     for module in model.modules():
         if isinstance(module, torch.nn.ModuleList) and module and all(hasattr(m, "self_attn") for m in module):
             return list(module)
-    raise RuntimeError(f"{type(model).__name__}: no decoder layers with a `self_attn` module found")
+    return []
 
 
 _install_lock = threading.Lock()
 
 
-def install_hooks(model: torch.nn.Module) -> None:
-    """Attach the read-only norm hooks once per model (idempotent and thread-safe)."""
+def install_hooks(model: torch.nn.Module) -> bool:
+    """Attach the read-only norm hooks once per model (idempotent, thread-safe).
+
+    Returns whether Influence can be measured: the model needs decoder layers with a
+    ``self_attn`` module (Llama, Mistral, Qwen, Gemma, Phi-3 …).
+    """
     with _install_lock:
         if getattr(model, "_guide_influence_hooks", False):
-            return
-        for layer in decoder_layers(model):
+            return True
+        layers = decoder_layers(model)
+        if not layers:
+            return False
+        for layer in layers:
             layer.register_forward_pre_hook(_layer_input_hook, with_kwargs=True)
             layer.self_attn.register_forward_hook(_attention_output_hook(layer), with_kwargs=True)
         model._guide_influence_hooks = True
+        return True
 
 
 @dataclass

@@ -172,8 +172,11 @@ def test_model_without_attention_interface_is_rejected(smol_tokenizer):
     if not getattr(gpt2, "_supports_attention_backend", False):
         with pytest.raises(ModelNotSupportedError):
             GuideEngine(gpt2, smol_tokenizer)
-    else:
-        GuideEngine(gpt2, smol_tokenizer)  # GPT-2 routes through AttentionInterface in this transformers
+    else:  # GPT-2 routes through AttentionInterface in this transformers: emphasis works, influence does not
+        engine = GuideEngine(gpt2, smol_tokenizer)
+        assert not engine.supports_influence
+        with pytest.raises(ModelNotSupportedError, match="GPT2LMHeadModel has none, so only emphasis is available"):
+            engine.generate("<?-> x <-?> y", metric="influence")
 
 
 def test_tagged_prompt_needs_a_fast_tokenizer(tiny, smol_tokenizer):
