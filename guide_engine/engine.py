@@ -18,6 +18,7 @@ from .influence import METRICS, InfluenceResult, compute_influence, install_hook
 from .models import load_model_and_tokenizer
 
 Metric = Literal["influence", "attention_rollout"]
+MAX_ABS_BIAS = 1000.0
 FinishReason = Literal["stop", "length"]
 
 
@@ -284,6 +285,9 @@ class GuideEngine:
         pads = torch.tensor([width - len(e.input_ids) for e in encoded])
         for row, e in enumerate(encoded):
             bias[row, width - len(e.input_ids) :] = torch.tensor(e.token_deltas)
+        # |Δ| ≥ MAX_ABS_BIAS already saturates the softmax (exp(-1000) is 0 even in float32), so
+        # clamping changes no result while keeping Δ / scale finite in float16 and float32.
+        bias.clamp_(-MAX_ABS_BIAS, MAX_ABS_BIAS)
         return GuideAttentionState(
             key_bias=bias.to(self.model.device) if any(e.has_bias for e in encoded) else None,
             layers=opts.layers,
