@@ -7,6 +7,7 @@ token belongs to the span when its character range overlaps the span's.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
@@ -92,18 +93,36 @@ def normalize_prompt(prompt: Prompt) -> list[dict[str, Any]] | str:
     return messages
 
 
-def _locate_contents(rendered: str, contents: list[str]) -> list[int]:
-    """Character offset of each message content in the rendered template, in order."""
-    offsets, cursor = [], 0
-    for i, content in enumerate(contents):
-        at = rendered.find(content, cursor)
-        if at < 0:
+def _locate_contents(tokenizer: Any, messages: list[dict[str, Any]], rendered: str) -> list[int]:
+    """Character offset of each message's content in the rendered template.
+
+    The template is rendered once more with a unique placeholder in place of each content, so a
+    content that also occurs in the template's own text (a role header, a default system prompt)
+    cannot be mistaken for the message.
+    """
+    marks = [f"\ue000{i}\ue001" for i in range(len(messages))]
+    marked = tokenizer.apply_chat_template(
+        [{**m, "content": mark} for m, mark in zip(messages, marks)], tokenize=False, add_generation_prompt=True
+    )
+    positions = []
+    for i, mark in enumerate(marks):
+        if marked.count(mark) != 1:
             raise GuideError(
-                f"the chat template changed the text of message {i}, so its tags cannot be placed; "
-                "use a template that inserts message content verbatim"
+                f"the chat template does not insert message {i} exactly once, so its tags cannot be placed"
             )
-        offsets.append(at)
-        cursor = at + len(content)
+        positions.append((marked.index(mark), i))
+    offsets, shift, rebuilt, cursor = [0] * len(messages), 0, [], 0
+    for at, i in sorted(positions):
+        content = messages[i]["content"]
+        offsets[i] = at + shift
+        rebuilt.append(marked[cursor:at] + content)
+        cursor = at + len(marks[i])
+        shift += len(content) - len(marks[i])
+    if "".join(rebuilt) + marked[cursor:] != rendered:
+        raise GuideError(
+            "the chat template changes the text of the messages (or depends on it), so tags cannot be placed; "
+            "use a template that inserts message content verbatim"
+        )
     return offsets
 
 
@@ -120,7 +139,7 @@ def _char_spans(prompt: list[dict[str, Any]] | str, tokenizer: Any) -> tuple[str
     rendered = tokenizer.apply_chat_template(clean, tokenize=False, add_generation_prompt=True)
     spans: list[tuple[int, int, Span, int | None]] = []
     if any(p.spans for p in parsed):
-        bases = _locate_contents(rendered, [p.text for p in parsed])
+        bases = _locate_contents(tokenizer, clean, rendered)
         for index, (base, p) in enumerate(zip(bases, parsed)):
             spans.extend((base + s.start, base + s.end, s, index) for s in p.spans)
     return rendered, False, spans
@@ -150,8 +169,15 @@ def encode_prompt(
     ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
     deltas, influence = [0.0] * len(ids), [False] * len(ids)
     applied = []
+    starts = [a for a, _ in offsets]
+    ends = [b for _, b in offsets]
+    ordered = all(x <= y for x, y in zip(starts, starts[1:])) and all(x <= y for x, y in zip(ends, ends[1:]))
     for start, end, span, message_index in char_spans:
-        tokens = [t for t, (a, b) in enumerate(offsets) if b > a and a < end and b > start]
+        if ordered:  # offsets grow with the token index: look the span up in O(log n)
+            window = range(bisect.bisect_right(ends, start), bisect.bisect_left(starts, end))
+        else:
+            window = range(len(offsets))
+        tokens = [t for t in window if offsets[t][1] > offsets[t][0] and offsets[t][0] < end and offsets[t][1] > start]
         delta = span.delta(delta_mid, delta_influence)
         for t in tokens:
             # Adjacent spans may share a merged token: keep the stronger bias.

@@ -121,7 +121,6 @@ SPAN_MISPLACED = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=SPAN_MISPLACED)
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(PIECES)
 @example([("<!->", "a")])  # 'a' also occurs in '<|im_start|>'
@@ -140,7 +139,6 @@ def test_spans_cover_the_tokens_of_their_own_text(engine, smol_tokenizer, pieces
         assert (applied.token_start, applied.token_end) == expected, (span.text, encoded.text)
 
 
-@pytest.mark.xfail(strict=True, reason=SPAN_MISPLACED)
 @pytest.mark.parametrize(
     ("messages", "index"),
     [
@@ -318,7 +316,6 @@ DENSE_SPANS = (
 )
 
 
-@pytest.mark.xfail(strict=True, raises=TimeoutError, reason=DENSE_SPANS)
 def test_one_megabyte_of_dense_spans_is_refused_in_bounded_time(engine):
     def refuse() -> str:
         with pytest.raises(ContextLengthError) as info:
