@@ -45,7 +45,7 @@ def one_request(engine: GuideEngine, i: int, max_new_tokens: int) -> str:
     elif kind == 1:
         stream = engine.stream(prompt, max_new_tokens=max_new_tokens, delta_mid=delta)
         for n, _ in enumerate(stream):
-            if n == 1 and i % 2:
+            if n == 1 and (i // 6) % 2:  # every other stream (i % 2 is always 1 here)
                 stream.close()  # abandoned
                 break
     elif kind == 2:
@@ -53,9 +53,10 @@ def one_request(engine: GuideEngine, i: int, max_new_tokens: int) -> str:
     elif kind in (3, 4) and "<?->" in str(prompt):
         metric = "influence" if kind == 3 else "attention_rollout"
         engine.generate(prompt, max_new_tokens=max_new_tokens, metric=metric, delta_influence=delta)
-    else:
+    else:  # kind 5, and kinds 3-4 on a prompt without an influence span
         engine.generate(prompt, max_new_tokens=max_new_tokens, temperature=0.8, top_p=0.9, seed=i)
-    return ["generate", "stream", "batch", "influence", "rollout", "sample"][kind]
+        return "sample"
+    return ["generate", "stream", "batch", "influence", "rollout"][kind]
 
 
 def main() -> None:
