@@ -1,7 +1,7 @@
 """Hardening on tiny models and the tokenizer alone: hostile tags, look-alikes, seams, bad values, a short soak.
 
 Every test states a property that can fail. Tests marked ``xfail(strict=True)`` pin a known defect or
-limitation (see ``docs/reliability.md``): they fail today, and the day the defect is fixed they XPASS,
+limitation (see ``README, "Reliability"``): they fail today, and the day the defect is fixed they XPASS,
 which fails the run so the marker and the docs get updated together.
 """
 
@@ -12,6 +12,7 @@ import asyncio
 import ctypes
 import gc
 import json
+import math
 import os
 import re
 import subprocess
@@ -30,6 +31,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from guide_engine import ContextLengthError, GuideEngine, GuideError, TagError, escape_tags, parse_tags, strip_tags
+from guide_engine.engine import MAX_ABS_BIAS
 from tests.reference import tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,13 +116,9 @@ def expected_token_range(tokenizer, text: str, start: int, end: int) -> tuple[in
     return tokens[0], tokens[-1] + 1
 
 
-SPAN_MISPLACED = (
-    "BUG (reported): alignment._locate_contents finds a message's content with rendered.find(), so a span "
-    "whose message text also occurs earlier in the rendered template ('a' in '<|im_start|>', ' helpful ' in "
-    "SmolLM2's default system prompt, 'user' in the role header) is biased on the template's tokens instead"
-)
-
-
+# Regression: message contents were once located with rendered.find(), so a span whose message text
+# also occurs earlier in the rendered template ('a' in '<|im_start|>', ' helpful ' in SmolLM2's default
+# system prompt, 'user' in the role header) was biased on the template's tokens instead.
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(PIECES)
 @example([("<!->", "a")])  # 'a' also occurs in '<|im_start|>'
@@ -207,7 +205,7 @@ def test_two_adjacent_values_can_only_break_the_request():
 
 SEAM = ("<!!", "-> evil <-!", "!>")
 LIMITATION = (
-    "known limitation (docs/reliability.md): three adjacent escaped values can complete an opener and a "
+    "known limitation (README, "Reliability"): three adjacent escaped values can complete an opener and a "
     "closer across their seams; escape the joined string, or separate values by template text"
 )
 
@@ -310,12 +308,8 @@ def run_bounded(func, seconds: float):
     return outcome["value"]
 
 
-DENSE_SPANS = (
-    "BUG (reported): encode_prompt matches every span against every token offset, O(spans x tokens); "
-    "1 MB of dense spans ('<!->ab<-!> ' x 90k) takes hours before the context-length check refuses it"
-)
-
-
+# Regression: spans were once matched against every token offset, O(spans x tokens), so 1 MB of dense
+# spans took hours before the context-length check refused it.
 def test_one_megabyte_of_dense_spans_is_refused_in_bounded_time(engine):
     def refuse() -> str:
         with pytest.raises(ContextLengthError) as info:
@@ -339,26 +333,29 @@ def _logits(engine: GuideEngine, prompt: str, **options) -> tuple[list[int], lis
     return result.token_ids, seen
 
 
-def test_a_huge_finite_delta_saturates_instead_of_overflowing(engine):
-    """At Δ = 1e30 the bias swamps q·k: the span keys share the attention and nothing changes up to 1e35."""
-    tokens_a, logits_a = _logits(engine, PROMPT, delta_mid=1e30, max_new_tokens=3)
-    tokens_b, logits_b = _logits(engine, PROMPT, delta_mid=1e35, max_new_tokens=3)
-    assert all(bool(torch.isfinite(x).all()) for x in logits_a + logits_b)
-    assert tokens_a == tokens_b and all(torch.equal(a, b) for a, b in zip(logits_a, logits_b))
-    tokens_one, logits_one = _logits(engine, PROMPT, delta_mid=1.0, max_new_tokens=3)
-    assert not torch.equal(logits_one[0], logits_a[0])  # the bias did act, so the equality above means something
+@pytest.fixture(scope="module")
+def half_engine(smol_tokenizer) -> GuideEngine:
+    """The same tiny Llama in float16, where Δ·√head_dim overflows from Δ ≈ 23,000 (head size 8)."""
+    torch.manual_seed(0)
+    return GuideEngine(tiny_model("llama").half(), smol_tokenizer, max_new_tokens=6)
 
 
-# Once a bug: Δ / scale overflowed float32 from ~1.2e38 (float16 from ~6e3) and gave NaN logits. The
-# engine now clamps |Δ| at 1000, where the softmax is already saturated, so results stay exact and finite.
-@pytest.mark.parametrize(("delta", "heads"), [(1.5e38, None), (1e300, None), (-1e300, [0])])
-def test_an_absurd_delta_is_refused_or_stays_finite(engine, delta, heads):
-    try:
-        tokens, logits = _logits(engine, PROMPT, delta_mid=delta, heads=heads, max_new_tokens=2)
-    except GuideError as error:
-        assert "delta_mid" in str(error) and repr(delta) in str(error)
-        return
+# Once a bug: any finite Δ was accepted and Δ·√head_dim overflowed the attention dtype (float32 from
+# ~1.2e38 here, float16 from ~2.3e4), giving NaN logits and token 0 forever. The engine now caps |Δ| at
+# MAX_ABS_BIAS, where the softmax is already saturated.
+@pytest.mark.parametrize("precision", ["float32", "float16"])
+@pytest.mark.parametrize(
+    ("delta", "heads"), [(1e5, None), (1e30, None), (1.5e38, None), (1e300, None), (-1e300, [0]), (1e30, [1, 3])]
+)
+def test_a_delta_beyond_the_cap_acts_as_the_cap_and_stays_finite(engine, half_engine, precision, delta, heads):
+    model = engine if precision == "float32" else half_engine
+    tokens, logits = _logits(model, PROMPT, delta_mid=delta, heads=heads, max_new_tokens=2)
     assert all(bool(torch.isfinite(x).all()) for x in logits)
+    cap = math.copysign(MAX_ABS_BIAS, delta)
+    capped_tokens, capped = _logits(model, PROMPT, delta_mid=cap, heads=heads, max_new_tokens=2)
+    assert tokens == capped_tokens and all(torch.equal(a, b) for a, b in zip(logits, capped))
+    _, plain = _logits(model, PROMPT, delta_mid=1.0, heads=heads, max_new_tokens=2)
+    assert not torch.equal(plain[0], logits[0])  # the bias did act, so the equality above means something
 
 
 # ============================================================================ unknown models

@@ -6,7 +6,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from .stats import Rate, mcnemar_exact, mean, rate, roc_auc
+from .stats import mcnemar_exact, mean, rate, roc_auc
 
 MAX_DEGENERATION_INCREASE = 0.05  # a recommended Δ may not degenerate 5 points more often than no emphasis
 PREDICTORS = ("influence_last", "influence_mean", "rollout_last", "rollout_mean")
