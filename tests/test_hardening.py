@@ -1,8 +1,8 @@
 """Hardening on tiny models and the tokenizer alone: hostile tags, look-alikes, seams, bad values, a short soak.
 
-Every test states a property that can fail. Tests marked ``xfail(strict=True)`` pin a known defect or
-limitation (see ``README, "Reliability"``): they fail today, and the day the defect is fixed they XPASS,
-which fails the run so the marker and the docs get updated together.
+Every test states a property that can fail. Tests marked ``xfail(strict=True)`` pin a known limitation
+(README, section "Reliability"): they fail today, and the day it is lifted they XPASS, which fails the
+run so the marker and the README get updated together.
 """
 
 from __future__ import annotations
@@ -205,7 +205,7 @@ def test_two_adjacent_values_can_only_break_the_request():
 
 SEAM = ("<!!", "-> evil <-!", "!>")
 LIMITATION = (
-    "known limitation (README, "Reliability"): three adjacent escaped values can complete an opener and a "
+    "known limitation (README, 'Reliability'): three adjacent escaped values can complete an opener and a "
     "closer across their seams; escape the joined string, or separate values by template text"
 )
 
