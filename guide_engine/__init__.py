@@ -9,7 +9,7 @@ from .attention import register as _register_attention
 from .engine import GenerationResult, GenerationStream, GuideEngine
 from .errors import ContextLengthError, GuideError, MissingDependencyError, ModelNotSupportedError, TagError
 from .influence import InfluenceResult
-from .models import shared_engine
+from .registry import shared_engine
 from .pipeline import PayAttentionPipeline, register_pipeline as _register_pipeline
 from .tags import ParsedText, Span, escape_tags, parse_tags, strip_tags
 

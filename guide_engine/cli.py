@@ -97,7 +97,7 @@ def build_prompt(prompt: str, system: str | None, *, needs_influence_span: bool 
 
 def load_engine(model: str, gguf_file: str | None) -> Any:
     """The shared engine for ``model`` (only options the user set become load keywords)."""
-    from .models import shared_engine
+    from .registry import shared_engine
 
     load_kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     return shared_engine(None if model == "default" else model, **load_kwargs)

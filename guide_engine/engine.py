@@ -15,7 +15,7 @@ from .attention import GuideAttentionState
 from .decoding import SamplingConfig, decode_steps, left_pad
 from .errors import ContextLengthError, GuideError, ModelNotSupportedError
 from .influence import METRICS, InfluenceResult, compute_influence, install_hooks
-from .models import load_model_and_tokenizer
+from .loading import load_model_and_tokenizer
 
 Metric = Literal["influence", "attention_rollout"]
 MAX_ABS_BIAS = 1000.0

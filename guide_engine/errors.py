@@ -10,7 +10,10 @@ from __future__ import annotations
 __all__ = [
     "ContextLengthError",
     "GuideError",
+    "GuideValueError",
     "MissingDependencyError",
+    "InfluenceError",
+    "ModelLoadError",
     "ModelNotSupportedError",
     "TagError",
 ]
@@ -20,7 +23,11 @@ class GuideError(Exception):
     """Base error of the guide package."""
 
 
-class TagError(GuideError, ValueError):
+class GuideValueError(GuideError, ValueError):
+    """A bad value: an option out of range, a non-finite number, a malformed prompt or message."""
+
+
+class TagError(GuideValueError):
     """Malformed emphasis or influence tags in a prompt.
 
     Attributes:
@@ -42,9 +49,17 @@ class ModelNotSupportedError(GuideError):
     """The model cannot run with the guide attention implementation."""
 
 
-class ContextLengthError(GuideError, ValueError):
+class ContextLengthError(GuideValueError):
     """The prompt (plus requested new tokens) is longer than the model's context."""
 
 
 class MissingDependencyError(GuideError, ImportError):
     """An optional dependency is not installed; the message gives the pip command."""
+
+
+class ModelLoadError(GuideError):
+    """A model or tokenizer could not be loaded from the given location."""
+
+
+class InfluenceError(GuideError):
+    """Influence could not be measured on this forward pass (an internal invariant failed)."""

@@ -25,7 +25,7 @@ def smol_tokenizer(tmp_path_factory):
     """SmolLM2's tokenizer (with its chat template), for tiny models built on its vocabulary."""
     from transformers import AutoTokenizer
 
-    from guide_engine.models import embedded_model_location
+    from guide_engine.loading import embedded_model_location
 
     folder, gguf = embedded_model_location()
     saved = tmp_path_factory.mktemp("tokenizer")

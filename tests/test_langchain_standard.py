@@ -16,7 +16,7 @@ import pytest
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
 
-from guide_engine.models import embedded_model_location
+from guide_engine.loading import embedded_model_location
 from guide_integrations.langchain import ChatGuide
 
 _NOT_SUPPORTED = {

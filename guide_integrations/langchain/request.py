@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from langchain_core.messages import BaseMessage
 
 from guide_engine import GuideEngine, GuideError, parse_tags, shared_engine
-from guide_engine.models import DEFAULT_MODEL_NAMES, EMBEDDED_GGUF
+from guide_engine.loading import DEFAULT_MODEL_NAMES, EMBEDDED_GGUF
 
 from .messages import to_engine_prompt
 

@@ -34,7 +34,7 @@ from llama_index.core.prompts.base import BasePromptTemplate
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from guide_engine import GenerationResult, GenerationStream, GuideEngine, GuideError, shared_engine
-from guide_engine.models import DEFAULT_MODEL_NAMES, EMBEDDED_GGUF
+from guide_engine.loading import DEFAULT_MODEL_NAMES, EMBEDDED_GGUF
 
 from .events import GUIDE_METADATA_KEY, InfluenceEvent, ResponseAnnotator
 from .templates import escaped_template_args

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import threading
 from typing import Any
 
 from .attention import ATTENTION_NAME, register
@@ -43,7 +42,8 @@ def resolve_model(model: str | None, gguf_file: str | None) -> tuple[str, str | 
     return model, gguf_file
 
 
-def _torch_dtype(dtype: Any) -> Any:
+def torch_dtype(dtype: Any) -> Any:
+    """A torch dtype from its name (``"bfloat16"``); other values pass through."""
     if dtype is None or not isinstance(dtype, str) or dtype == "auto":
         return dtype
     import torch
@@ -73,7 +73,7 @@ def load_model_and_tokenizer(
         loaded = AutoModelForCausalLM.from_pretrained(
             name,
             attn_implementation=ATTENTION_NAME,
-            dtype=_torch_dtype(dtype),
+            dtype=torch_dtype(dtype),
             device_map=device_map,
             **file_kwargs,
             **model_kwargs,
@@ -84,30 +84,3 @@ def load_model_and_tokenizer(
             "a .gguf file or a hub id that is in the local cache (the hub is not reached when HF_HUB_OFFLINE=1)"
         ) from error
     return loaded, tokenizer
-
-
-_shared: dict[tuple, Any] = {}
-_shared_lock = threading.Lock()
-
-
-def shared_engine(model: Any = None, **load_kwargs: Any) -> Any:
-    """One :class:`GuideEngine` per model and load options, shared by every wrapper that asks.
-
-    ``model`` may also be a ready :class:`GuideEngine`, returned as is. Per-request settings
-    (``delta_mid``, ``layers``, sampling) travel with each call, so sharing is safe.
-    """
-    from .engine import GuideEngine
-
-    if isinstance(model, GuideEngine):
-        return model
-    load_kwargs = {k: v for k, v in load_kwargs.items() if v is not None}
-    if "dtype" in load_kwargs:
-        load_kwargs["dtype"] = _torch_dtype(load_kwargs["dtype"])  # "bfloat16" and torch.bfloat16 share an engine
-    # Key on what is actually loaded, so "default" and the embedded GGUF's path share one engine.
-    location = resolve_model(model, load_kwargs.pop("gguf_file", None))
-    key = (location, tuple(sorted((k, repr(v)) for k, v in load_kwargs.items())))
-    with _shared_lock:
-        if key not in _shared:
-            folder, gguf = location
-            _shared[key] = GuideEngine.from_pretrained(folder, gguf_file=gguf, **load_kwargs)
-        return _shared[key]
