@@ -13,7 +13,7 @@
   attention, 70 000 positions) up to 64k tokens.
 
     python benchmarks/influence.py --lengths 1024 4096 8192 --tiny-lengths 8192 16384 32768 65536 \\
-        --out results/influence
+        --out benchmarks/results/influence
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ decoding steps, teacher-forced with the text's next tokens so all variants do id
 Reported: medians over repetitions and ratios to (a). The logits of (b) and (c) are compared
 in every run (they compute the same function); at Δ = 0 all three are checked equal first.
 
-    python benchmarks/overhead.py --lengths 512 2048 8000 --repeats 3 --out results/overhead
+    python benchmarks/overhead.py --lengths 512 2048 8000 --repeats 3 --out benchmarks/results/overhead
 """
 
 from __future__ import annotations

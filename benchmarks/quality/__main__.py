@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.quality", description="Does GUIDE's emphasis help? Summarize-in-French and needle-in-a-haystack benchmark.")
     parser.add_argument("--quick", action="store_true", help="the 'quick' preset: a few minutes")
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None, help="grid size (default: full, or quick with --quick)")
-    parser.add_argument("--out", default=None, help="output folder (default: benchmarks/quality/results/<model>-<preset>)")
+    parser.add_argument("--out", default=None, help="output folder (default: benchmarks/results/quality/<model>-<preset>)")
     parser.add_argument("--model", default="smollm2", help="smollm2 (embedded), gemma3-270m, or a path / hub id")
     parser.add_argument("--tasks", nargs="+", choices=("french", "needle"), default=["french", "needle"])
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared, busy CPU)")
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-only", action="store_true", help="only rebuild the report from --out")
     args = parser.parse_args(argv)
     preset = args.preset or ("quick" if args.quick else "full")
-    out = args.out or os.path.join("benchmarks", "quality", "results", f"{args.model.replace('/', '_')}-{preset}")
+    out = args.out or os.path.join("benchmarks", "results", "quality", f"{args.model.replace('/', '_')}-{preset}")
     os.makedirs(out, exist_ok=True)
     if not args.report_only:
         run(args, preset, out, "python -m benchmarks.quality " + " ".join(sys.argv[1:] if argv is None else argv))
