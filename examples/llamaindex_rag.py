@@ -80,8 +80,10 @@ def main() -> None:
     influence = influence_events.results[-1]
     last = max(influence)
     generated = influence[last][influence.generation_start :]
-    print(f"Influence of the question on the answer (layer {last}, mean over generated tokens): "
-          f"{float(generated.mean()):.4f}")
+    print(
+        f"Influence of the question on the answer (layer {last}, mean over generated tokens): "
+        f"{float(generated.mean()):.4f}"
+    )
 
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "influence.json").write_text(json.dumps(influence_events.events[-1].influence))

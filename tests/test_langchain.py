@@ -30,6 +30,7 @@ from langchain_core.prompts import ChatPromptTemplate
 from pydantic import ValidationError
 
 from guide_engine import AppliedSpan, GuideEngine, GuideError, InfluenceResult, TagError, parse_tags
+from guide_integrations.core import has_influence_span
 from guide_integrations.langchain import (
     INFLUENCE_EVENT,
     ChatGuide,
@@ -121,6 +122,13 @@ def test_metric_is_asked_only_for_prompts_with_an_influence_span() -> None:
     assert "metric" not in build_request(llm, [HumanMessage(MEASURED)], None, {}, measure=False).options
     rollout = build_request(llm, [SystemMessage(MEASURED), HumanMessage("go")], None, {"metric": "attention_rollout"})
     assert rollout.options["metric"] == "attention_rollout"
+    # A span with no visible text is ignored by the engine, so there is nothing to measure.
+    with pytest.warns(UserWarning, match="no visible characters"):
+        assert parse_tags("<?->  <-?> q").spans == ()
+    assert not has_influence_span("<?->  <-?> q") and not has_influence_span(
+        [{"role": "user", "content": "<?->  <-?> q"}]
+    )
+    assert "metric" not in build_request(llm, [HumanMessage("<?->  <-?> q")], None, {}).options
 
 
 def test_malformed_tags_raise_before_the_model_runs() -> None:
@@ -199,8 +207,9 @@ def test_escape_keeps_the_shape_of_what_it_escapes() -> None:
     assert escaped[0].page_content == r"<\!-> x <\-!>" and escaped[0].metadata == doc.metadata
     assert escaped[1] == (r"<\?-> y <\-?>", 3)
     assert escaped[2]["k"] is None and escaped[2]["m"].content == r"<\!-> z <\-!>"
-    with pytest.raises(TypeError, match="escape_documents cannot escape a object"):
-        escape_untrusted(object())
+    # One walker for both integrations: any other value passes through unchanged, by identity.
+    other = object()
+    assert escape_untrusted(other) is other and escape_untrusted(2.5) == 2.5
 
 
 TEMPLATES = {

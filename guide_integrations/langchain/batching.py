@@ -1,91 +1,118 @@
-"""``batch``/``abatch`` as real batches: one left-padded ``generate_batch`` per group of inputs.
+"""``batch``/``abatch`` as real batches: the inputs are decoded together, then LangChain runs each as usual.
 
-LangChain's default ``batch`` runs ``invoke`` per input on a thread pool; for a local model that
-means N separate forward passes fighting over the same cores. Here every input still gets its
-own chat-model run (its callbacks, tags, run id, ``on_llm_end`` or ``on_llm_error``), but the
-decoding is batched: rows that share their options go through ``engine.generate_batch`` together,
-at most ``max_concurrency`` rows at a time. Inputs whose prompt is bad fail alone, as they would
-one by one.
+LangChain's default ``batch`` runs ``invoke`` per input on a thread pool (``abatch``: ``ainvoke``
+per input, gathered), each input with its own run: callbacks, run id, ``on_llm_end`` or
+``on_llm_error``, ``return_exceptions``, ``max_concurrency``. For a local model that means N
+forward passes fighting over the same cores. ChatGuide keeps LangChain's batch as it is and adds
+one step before it: :func:`prepare` decodes the inputs' engine requests with
+``GuideEngine.generate_batch`` (rows that share their options together, at most
+``max_concurrency`` rows at a time), and each input's ``_generate`` then takes its row's result
+(:func:`take_prepared`) instead of decoding again. The prepared results travel in a context
+variable, which LangChain's executor copies into its worker threads and asyncio into its tasks.
 
-:func:`plan_batch` returns ``None`` when the call needs what only the per-input path gives — a
-cache lookup, a rate limiter, token streaming to a callback handler (``streaming=True``,
-``astream_events``), or an input that does not convert — and ChatGuide then defers to
-LangChain's default implementation.
+Nothing is prepared when LangChain would not call ``_generate`` for every input: a cache
+(consulted per input), a rate limiter, streaming (``streaming=True`` or a streaming handler such
+as ``astream_events``'), a single input. An input whose conversion or tags fail is not prepared
+either; its run raises the error by itself. The trade-off: the runs start once decoding is done,
+so a tracer sees the batch's time before the runs rather than inside them.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from langchain_core.callbacks import AsyncCallbackManager, CallbackManager
+from langchain_core.callbacks import CallbackManager
 from langchain_core.globals import get_llm_cache
-from langchain_core.load import dumpd
-from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.outputs import ChatGeneration, LLMResult
+from langchain_core.messages import BaseMessage, HumanMessage, convert_to_messages
+from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import RunnableConfig
-from langchain_core.utils.utils import LC_ID_PREFIX
+from langchain_core.runnables.config import get_config_list
 
 from guide_engine import GenerationResult, GuideEngine, GuideError
 
-from .callbacks import INFLUENCE_EVENT, RunEvents
-from .messages import to_ai_message
 from .request import Request, build_request
 
 if TYPE_CHECKING:
     from .chat_model import ChatGuide
 
-__all__ = ["BatchPlan", "abatch", "batch", "plan_batch"]
+__all__ = ["Prepared", "generate_rows", "prepare", "take_prepared", "using"]
+
+Outcome = GenerationResult | BaseException
+Prepared = dict[str, deque[Outcome]]
+"""Engine outcomes by request key; a key holds one outcome per input with that request."""
+
+_PREPARED: ContextVar[Prepared | None] = ContextVar("guide_prepared_batch", default=None)
 
 
-@dataclass
-class BatchPlan:
-    """The inputs of a batch, converted, with the options shared by every row."""
-
-    messages: list[list[BaseMessage]]
-    configs: list[RunnableConfig]
-    stop: list[str] | None
-    kwargs: dict[str, Any]
-
-
-def plan_batch(
-    llm: ChatGuide, inputs: Sequence[Any], configs: list[RunnableConfig], kwargs: dict[str, Any], *, async_api: bool
-) -> BatchPlan | None:
-    """Decide whether ``inputs`` can be one engine batch; ``None`` sends them down the default path."""
-    if len(inputs) < 2 or llm.rate_limiter is not None:
-        return None
+def prepare(
+    llm: ChatGuide,
+    inputs: Sequence[Any],
+    config: RunnableConfig | Sequence[RunnableConfig] | None,
+    kwargs: Mapping[str, Any],
+) -> Prepared:
+    """Decode every input that LangChain will hand to ``_generate``, as engine batches (blocking)."""
+    configs = get_config_list(config, len(inputs))
+    if len(inputs) < 2 or llm.rate_limiter is not None or llm.streaming:
+        return {}
     if not (llm.cache is False or (llm.cache is None and get_llm_cache() is None)):
-        return None  # a cache is consulted per input
-    kwargs = dict(kwargs)
-    stop = kwargs.pop("stop", None)
+        return {}  # a cache is consulted per input
+    options = dict(kwargs)
+    stop = options.pop("stop", None)
+    requests: list[Request] = []
+    for item, item_config in zip(inputs, configs, strict=True):
+        handlers = CallbackManager.configure(item_config.get("callbacks"), llm.callbacks, llm.verbose).handlers
+        if any(hasattr(handler, "tap_output_iter") for handler in handlers):
+            return {}  # a streaming handler (astream_events): LangChain calls `_stream`
+        try:  # measure a row only when its run has a handler to receive the result
+            requests.append(build_request(llm, _messages(item), stop, options, measure=bool(handlers)))
+        except Exception:  # noqa: BLE001 - this input's own run raises it
+            continue
+    prepared: Prepared = {}
+    max_rows = configs[0].get("max_concurrency") or len(inputs)
+    for request, outcome in zip(requests, generate_rows(requests, max_rows), strict=True):
+        prepared.setdefault(key(request), deque()).append(outcome)
+    return prepared
+
+
+@contextmanager
+def using(prepared: Prepared) -> Iterator[None]:
+    """Make ``prepared`` the results that ``_generate``/``_agenerate`` take while the batch runs."""
+    token = _PREPARED.set(prepared)
     try:
-        messages = [llm._convert_input(item).to_messages() for item in inputs]
-    except Exception:  # the default path raises it for the right input, honouring return_exceptions
+        yield
+    finally:
+        _PREPARED.reset(token)
+
+
+def take_prepared(request: Request) -> Outcome | None:
+    """The prepared outcome of ``request`` (each one taken once), or ``None`` to decode it now."""
+    prepared = _PREPARED.get()
+    rows = prepared.get(key(request)) if prepared else None
+    try:
+        return rows.popleft() if rows else None
+    except IndexError:  # another thread took the last one
         return None
-    for config in configs:
-        manager = CallbackManager.configure(config.get("callbacks"), llm.callbacks, llm.verbose)
-        if llm._should_stream(async_api=async_api, run_manager=manager, **kwargs):  # type: ignore[arg-type]
-            return None
-        protocol = getattr(llm, "_should_use_protocol_streaming", None)  # langchain-core >= 1.8
-        if protocol is not None and protocol(async_api=async_api, run_manager=manager, **kwargs):
-            return None
-    return BatchPlan(messages=messages, configs=configs, stop=stop, kwargs=kwargs)
 
 
-def generate_rows(requests: Sequence[Request | BaseException], max_rows: int) -> list[GenerationResult | BaseException]:
-    """Run every request that was built, in batches of rows sharing their options (blocking)."""
-    results: list[GenerationResult | BaseException | None] = list(
-        r if isinstance(r, BaseException) else None for r in requests
-    )
+def key(request: Request) -> str:
+    """What identifies a request's answer: model, prompt and options."""
+    model = request.model if isinstance(request.model, str) else id(request.model)
+    return repr((model, sorted(request.load_kwargs.items()), request.prompt, sorted(request.options.items())))
+
+
+def generate_rows(requests: Sequence[Request], max_rows: int) -> list[Outcome]:
+    """Run every request, in batches of rows sharing their model and options (blocking)."""
+    results: list[Outcome | None] = [None] * len(requests)
     groups: dict[str, list[int]] = {}
     for i, request in enumerate(requests):
-        if isinstance(request, Request):
-            groups.setdefault(repr((request.model, sorted(request.options.items()))), []).append(i)
+        model = request.model if isinstance(request.model, str) else id(request.model)
+        groups.setdefault(repr((model, sorted(request.options.items()))), []).append(i)
     for rows in groups.values():
         first = requests[rows[0]]
-        assert isinstance(first, Request)
         try:
             engine = first.engine()
         except Exception as error:  # noqa: BLE001 - every row of the group fails with it
@@ -96,14 +123,12 @@ def generate_rows(requests: Sequence[Request | BaseException], max_rows: int) ->
             part = rows[start : start + max_rows]
             for i, outcome in zip(
                 part, _generate_part(engine, [requests[i] for i in part], first.options), strict=True
-            ):  # type: ignore[misc]
+            ):
                 results[i] = outcome
-    return results  # type: ignore[return-value]
+    return [outcome if outcome is not None else GuideError("the row was not run") for outcome in results]
 
 
-def _generate_part(
-    engine: GuideEngine, part: list[Request], options: dict[str, Any]
-) -> list[GenerationResult | BaseException]:
+def _generate_part(engine: GuideEngine, part: list[Request], options: dict[str, Any]) -> list[Outcome]:
     if len(part) == 1:
         return [_one(engine, part[0])]
     try:
@@ -116,141 +141,17 @@ def _generate_part(
         return [error] * len(part)
 
 
-def _one(engine: GuideEngine, request: Request) -> GenerationResult | BaseException:
+def _one(engine: GuideEngine, request: Request) -> Outcome:
     try:
         return engine.generate(request.prompt, **request.options)
     except Exception as error:  # noqa: BLE001
         return error
 
 
-def _ai_message(llm: ChatGuide, result: GenerationResult, request: Request, run_id: Any) -> AIMessage:
-    message = to_ai_message(result, request.model_name)
-    if llm.output_version == "v1":
-        message = message.model_copy(
-            update={
-                "content": message.content_blocks,
-                "response_metadata": {**message.response_metadata, "output_version": "v1"},
-            }
-        )
-    message.id = f"{LC_ID_PREFIX}-{run_id}-0"
-    return message
-
-
-def _max_rows(plan: BatchPlan) -> int:
-    return plan.configs[0].get("max_concurrency") or len(plan.messages)
-
-
-def _start_settings(llm: ChatGuide, plan: BatchPlan) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    params = llm._get_invocation_params(stop=plan.stop, **plan.kwargs)
-    ls_params = llm._get_ls_params_with_defaults(stop=plan.stop, **plan.kwargs)
-    return dumpd(llm), params, dict(ls_params)
-
-
-def _requests(llm: ChatGuide, plan: BatchPlan, run_managers: Sequence[Any]) -> list[Request | BaseException]:
-    requests: list[Request | BaseException] = []
-    for messages, run_manager in zip(plan.messages, run_managers, strict=True):
-        try:  # measure a row only when its run has a handler to receive the result
-            requests.append(build_request(llm, messages, plan.stop, plan.kwargs, measure=bool(run_manager.handlers)))
-        except Exception as error:  # noqa: BLE001 - this row fails alone
-            requests.append(error)
-    return requests
-
-
-def _outputs(outcomes: list[Any], return_exceptions: bool) -> list[Any]:
-    if not return_exceptions:
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
-    return outcomes
-
-
-def batch(llm: ChatGuide, plan: BatchPlan, return_exceptions: bool) -> list[Any]:
-    """Run a planned batch: one run per input for the callbacks, one engine batch for the work."""
-    serialized, params, ls_params = _start_settings(llm, plan)
-    run_managers = []
-    for messages, config in zip(plan.messages, plan.configs, strict=True):
-        manager = CallbackManager.configure(
-            config.get("callbacks"),
-            llm.callbacks,
-            llm.verbose,
-            config.get("tags"),
-            llm.tags,
-            {**(config.get("metadata") or {}), **ls_params},
-            llm.metadata,
-        )
-        (run_manager,) = manager.on_chat_model_start(
-            serialized,
-            [messages],
-            invocation_params=params,
-            options={"stop": plan.stop},
-            name=config.get("run_name"),
-            run_id=config.get("run_id"),
-            batch_size=len(plan.messages),
-        )
-        run_managers.append(run_manager)
-    requests = _requests(llm, plan, run_managers)
-    try:
-        results = generate_rows(requests, _max_rows(plan))
-    except BaseException as error:  # interrupted: close every run
-        for run_manager in run_managers:
-            run_manager.on_llm_error(error)
-        raise
-    outcomes: list[Any] = []
-    for request, result, run_manager in zip(requests, results, run_managers, strict=True):
-        if isinstance(result, BaseException):
-            run_manager.on_llm_error(result)
-            outcomes.append(result)
-            continue
-        assert isinstance(request, Request)
-        if result.influence is not None:
-            RunEvents.of_run(run_manager).emit(INFLUENCE_EVENT, result.influence.to_dict())
-        message = _ai_message(llm, result, request, run_manager.run_id)
-        run_manager.on_llm_end(LLMResult(generations=[[ChatGeneration(message=message)]]))
-        outcomes.append(message)
-    return _outputs(outcomes, return_exceptions)
-
-
-async def abatch(llm: ChatGuide, plan: BatchPlan, return_exceptions: bool) -> list[Any]:
-    """Async :func:`batch`: the engine batch runs on a worker thread, the loop stays free."""
-    serialized, params, ls_params = _start_settings(llm, plan)
-    run_managers = []
-    for messages, config in zip(plan.messages, plan.configs, strict=True):
-        manager = AsyncCallbackManager.configure(
-            config.get("callbacks"),
-            llm.callbacks,
-            llm.verbose,
-            config.get("tags"),
-            llm.tags,
-            {**(config.get("metadata") or {}), **ls_params},
-            llm.metadata,
-        )
-        (run_manager,) = await manager.on_chat_model_start(
-            serialized,
-            [messages],
-            invocation_params=params,
-            options={"stop": plan.stop},
-            name=config.get("run_name"),
-            run_id=config.get("run_id"),
-            batch_size=len(plan.messages),
-        )
-        run_managers.append(run_manager)
-    requests = _requests(llm, plan, run_managers)
-    try:
-        results = await asyncio.to_thread(generate_rows, requests, _max_rows(plan))
-    except BaseException as error:
-        for run_manager in run_managers:
-            await run_manager.on_llm_error(error)
-        raise
-    outcomes: list[Any] = []
-    for request, result, run_manager in zip(requests, results, run_managers, strict=True):
-        if isinstance(result, BaseException):
-            await run_manager.on_llm_error(result)
-            outcomes.append(result)
-            continue
-        assert isinstance(request, Request)
-        if result.influence is not None:
-            await RunEvents.of_run(run_manager).aemit(INFLUENCE_EVENT, result.influence.to_dict())
-        message = _ai_message(llm, result, request, run_manager.run_id)
-        await run_manager.on_llm_end(LLMResult(generations=[[ChatGeneration(message=message)]]))
-        outcomes.append(message)
-    return _outputs(outcomes, return_exceptions)
+def _messages(item: Any) -> list[BaseMessage]:
+    """An input as LangChain's chat models read it: a string, a prompt value or a list of messages."""
+    if isinstance(item, PromptValue):
+        return item.to_messages()
+    if isinstance(item, str):
+        return [HumanMessage(content=item)]
+    return convert_to_messages(item)

@@ -2,37 +2,30 @@
 
 from __future__ import annotations
 
-import uuid
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
+from langchain_core.language_models import LangSmithParams, LanguageModelInput
 from langchain_core.messages import AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import RunnableConfig, ensure_config
-from langchain_core.runnables.config import get_config_list
+from langchain_core.runnables import RunnableConfig
 from pydantic import ConfigDict, Field, field_validator
 
-from guide_engine import GenerationResult, GuideEngine
+from guide_engine import GenerationResult, GenerationStream, GuideEngine, GuideError
 
+from ..core import MetricName, astream_pieces, model_display_name
 from . import batching
-from .callbacks import INFLUENCE_EVENT, RunEvents
+from .callbacks import INFLUENCE_EVENT
 from .messages import final_chunk, to_ai_message
-from .request import ENGINE_EXTRAS, PRIVATE_KEYS, Request, build_request, model_display_name
-from .threads import astream_steps
-
-try:  # time-ordered run ids, as LangChain's own (langchain-core >= 1.1)
-    from langchain_core.utils.uuid import uuid7 as _new_run_id
-except ImportError:  # pragma: no cover
-    _new_run_id = uuid.uuid4
+from .request import ENGINE_EXTRAS, Request, build_request
+from .runs import RunAwareChatModel, RunEvents, take_run_events
 
 __all__ = ["ChatGuide"]
 
-_EVENTS = PRIVATE_KEYS[0]
 
-
-class ChatGuide(BaseChatModel):
+class ChatGuide(RunAwareChatModel):
     """A chat model whose prompts can emphasize text with GUIDE tags and measure its Influence.
 
     Tags written anywhere in the conversation (``<!-> … <-!>``, ``<!!-> … <-!!>``,
@@ -43,6 +36,11 @@ class ChatGuide(BaseChatModel):
 
     Engines are shared: every ``ChatGuide`` on the same model and load options uses one loaded
     model, loaded on the first call. Tool calling and structured output are not supported.
+
+    The shape of LangChain's partner chat models: ``_generate``, ``_agenerate``, ``_stream`` and
+    ``_astream`` do the work; ``batch``/``abatch`` add one engine batch in front of LangChain's own
+    (``batching``); the base class :class:`~guide_integrations.langchain.runs.RunAwareChatModel`
+    lets ``_stream`` reach its run, which LangChain does not hand it (``runs``).
 
     Example:
         >>> llm = ChatGuide(model="default", delta_mid=2.0, max_tokens=120, temperature=0)
@@ -86,7 +84,7 @@ class ChatGuide(BaseChatModel):
     layers: Literal["all"] | list[int] | None = Field(
         default=None, description="Decoder layers that get the bias: 'all' or indices. None: the engine's ('all')."
     )
-    metric: Literal["influence", "attention_rollout"] | None = Field(
+    metric: MetricName | None = Field(
         default="influence",
         description="How a <?-> span is measured; None turns measuring off. "
         "Prompts without a <?-> span are not measured.",
@@ -179,12 +177,6 @@ class ChatGuide(BaseChatModel):
             params["ls_stop"] = stop
         return params
 
-    def _get_invocation_params(self, stop: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
-        return {k: v for k, v in super()._get_invocation_params(stop=stop, **kwargs).items() if k not in PRIVATE_KEYS}
-
-    def _get_llm_string(self, stop: list[str] | None = None, **kwargs: Any) -> str:
-        return super()._get_llm_string(stop=stop, **{k: v for k, v in kwargs.items() if k not in PRIVATE_KEYS})
-
     # ------------------------------------------------------------------------- generation
 
     def _generate(
@@ -194,9 +186,13 @@ class ChatGuide(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        events = _events(kwargs, run_manager)
+        events = RunEvents.of_run(run_manager) if run_manager is not None else None
         request = build_request(self, messages, stop, kwargs, measure=_listening(events))
-        result = request.engine().generate(request.prompt, **request.options)
+        result = batching.take_prepared(request)  # this input's row of an engine batch, if any
+        if result is None:
+            result = request.engine().generate(request.prompt, **request.options)
+        if isinstance(result, BaseException):
+            raise result
         if events is not None and result.influence is not None:
             events.emit(INFLUENCE_EVENT, result.influence.to_dict())
         return _chat_result(result, request)
@@ -208,13 +204,16 @@ class ChatGuide(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        events = _events(kwargs, run_manager)
+        events = RunEvents.of_run(run_manager) if run_manager is not None else None
         request = build_request(self, messages, stop, kwargs, measure=_listening(events))
-        result: GenerationResult | None = None
-        async for item in astream_steps(lambda: _open_stream(request)):
-            if isinstance(item, GenerationResult):
-                result = item
-        assert result is not None  # astream_steps always ends with the result
+        result = batching.take_prepared(request)
+        if result is None:
+            stream = await asyncio.to_thread(_open_stream, request)
+            async for _ in astream_pieces(stream):  # step by step: cancelling stops decoding
+                pass
+            result = _finished(stream)
+        if isinstance(result, BaseException):
+            raise result
         if events is not None and result.influence is not None:
             await events.aemit(INFLUENCE_EVENT, result.influence.to_dict())
         return _chat_result(result, request)
@@ -226,7 +225,7 @@ class ChatGuide(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        events = _events(kwargs, run_manager)
+        events = RunEvents.of_run(run_manager) if run_manager is not None else take_run_events()
         request = build_request(self, messages, stop, kwargs, measure=_listening(events))
         stream = _open_stream(request)
         try:
@@ -237,10 +236,10 @@ class ChatGuide(BaseChatModel):
                 yield chunk
         finally:
             stream.close()  # a consumer that stops early stops the model at once
-        assert stream.result is not None
-        if events is not None and stream.result.influence is not None:
-            events.emit(INFLUENCE_EVENT, stream.result.influence.to_dict())
-        yield ChatGenerationChunk(message=final_chunk(stream.result, request.model_name))
+        result = _finished(stream)
+        if events is not None and result.influence is not None:
+            events.emit(INFLUENCE_EVENT, result.influence.to_dict())
+        yield ChatGenerationChunk(message=final_chunk(result, request.model_name))
 
     async def _astream(
         self,
@@ -249,80 +248,22 @@ class ChatGuide(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        events = _events(kwargs, run_manager)
+        events = RunEvents.of_run(run_manager) if run_manager is not None else take_run_events()
         request = build_request(self, messages, stop, kwargs, measure=_listening(events))
-        async for item in astream_steps(lambda: _open_stream(request)):
-            if isinstance(item, GenerationResult):
-                if events is not None and item.influence is not None:
-                    await events.aemit(INFLUENCE_EVENT, item.influence.to_dict())
-                yield ChatGenerationChunk(message=final_chunk(item, request.model_name))
-                return
-            chunk = ChatGenerationChunk(message=AIMessageChunk(content=item))
-            if run_manager is not None:
-                await run_manager.on_llm_new_token(item, chunk=chunk)
-            yield chunk
-
-    # ------------------------------------- getting the run's callbacks to `_stream` and `_generate`
-
-    def stream(
-        self,
-        input: LanguageModelInput,
-        config: RunnableConfig | None = None,
-        *,
-        stop: list[str] | None = None,
-        **kwargs: Any,
-    ) -> Iterator[AIMessageChunk]:
-        """Stream the answer; a measured span's event goes to the stream's own run."""
-        config, kwargs = self._with_run_events(config, kwargs, async_api=False)
-        yield from super().stream(input, config, stop=stop, **kwargs)
-
-    async def astream(
-        self,
-        input: LanguageModelInput,
-        config: RunnableConfig | None = None,
-        *,
-        stop: list[str] | None = None,
-        **kwargs: Any,
-    ) -> AsyncIterator[AIMessageChunk]:
-        """Stream the answer without blocking the event loop; see :meth:`stream`."""
-        config, kwargs = self._with_run_events(config, kwargs, async_api=True)
-        async for chunk in super().astream(input, config, stop=stop, **kwargs):
-            yield chunk
-
-    def _with_run_events(
-        self, config: RunnableConfig | None, kwargs: dict[str, Any], *, async_api: bool
-    ) -> tuple[RunnableConfig | None, dict[str, Any]]:
-        # `BaseChatModel.stream` calls `_stream` without its run manager. Choosing the run id here
-        # lets `_stream` address the run's handlers all the same.
-        if not self._should_stream(async_api=async_api, **{**kwargs, "stream": True}):
-            return config, kwargs
-        config = ensure_config(config)
-        run_id = config.get("run_id") or _new_run_id()
-        config = {**config, "run_id": run_id}
-        return config, {**kwargs, _EVENTS: RunEvents.for_new_run(self, config, run_id)}
-
-    def _generate_with_cache(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        # `invoke` may stream through `_stream` (streaming=True, a streaming handler): hand it the run.
-        if run_manager is not None:
-            kwargs.setdefault(_EVENTS, RunEvents.of_run(run_manager))
-        return super()._generate_with_cache(messages, stop=stop, run_manager=run_manager, **kwargs)
-
-    async def _agenerate_with_cache(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        if run_manager is not None:
-            kwargs.setdefault(_EVENTS, RunEvents.of_run(run_manager))
-        return await super()._agenerate_with_cache(messages, stop=stop, run_manager=run_manager, **kwargs)
+        stream = await asyncio.to_thread(_open_stream, request)
+        pieces = astream_pieces(stream)
+        try:
+            async for piece in pieces:
+                chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
+                if run_manager is not None:
+                    await run_manager.on_llm_new_token(piece, chunk=chunk)
+                yield chunk
+        finally:
+            await pieces.aclose()  # closes the stream, after the step in flight if there is one
+        result = _finished(stream)
+        if events is not None and result.influence is not None:
+            await events.aemit(INFLUENCE_EVENT, result.influence.to_dict())
+        yield ChatGenerationChunk(message=final_chunk(result, request.model_name))
 
     # ------------------------------------------------------------------------------ batches
 
@@ -334,11 +275,9 @@ class ChatGuide(BaseChatModel):
         return_exceptions: bool = False,
         **kwargs: Any,
     ) -> list[Any]:
-        """Answer several inputs with one batched decoding on the engine (see ``batching``)."""
-        plan = batching.plan_batch(self, inputs, get_config_list(config, len(inputs)), kwargs, async_api=False)
-        if plan is None:
+        """LangChain's ``batch``, with the inputs decoded as one engine batch first (see ``batching``)."""
+        with batching.using(batching.prepare(self, inputs, config, kwargs)):
             return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
-        return batching.batch(self, plan, return_exceptions)
 
     async def abatch(
         self,
@@ -349,18 +288,9 @@ class ChatGuide(BaseChatModel):
         **kwargs: Any,
     ) -> list[Any]:
         """Async :meth:`batch`; the engine batch runs on a worker thread."""
-        plan = batching.plan_batch(self, inputs, get_config_list(config, len(inputs)), kwargs, async_api=True)
-        if plan is None:
+        prepared = await asyncio.to_thread(batching.prepare, self, inputs, config, kwargs)
+        with batching.using(prepared):
             return await super().abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
-        return await batching.abatch(self, plan, return_exceptions)
-
-
-def _events(kwargs: dict[str, Any], run_manager: Any) -> RunEvents | None:
-    """The run's events: handed over by ChatGuide, or taken from LangChain's run manager."""
-    events = kwargs.pop(_EVENTS, None)
-    if run_manager is not None:
-        return RunEvents.of_run(run_manager)
-    return events
 
 
 def _listening(events: RunEvents | None) -> bool:
@@ -368,8 +298,14 @@ def _listening(events: RunEvents | None) -> bool:
     return events is not None and bool(events.handlers)
 
 
-def _open_stream(request: Request) -> Any:
+def _open_stream(request: Request) -> GenerationStream:
     return request.engine().stream(request.prompt, **request.options)
+
+
+def _finished(stream: GenerationStream) -> GenerationResult:
+    if stream.result is None:  # the engine sets it when the stream ends
+        raise GuideError("the generation stream ended without a result")
+    return stream.result
 
 
 def _chat_result(result: GenerationResult, request: Request) -> ChatResult:

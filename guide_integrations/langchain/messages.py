@@ -26,7 +26,10 @@ from langchain_core.messages import (
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.runnables import RunnableLambda
 
-from guide_engine import GenerationResult, GuideError, escape_tags
+from guide_engine import GenerationResult, escape_tags
+from guide_engine.errors import GuideValueError
+
+from ..core import escape_untrusted_value, token_usage
 
 __all__ = ["MessageError", "escape_documents", "escape_untrusted", "to_engine_prompt"]
 
@@ -40,7 +43,7 @@ _ROLES: dict[type[BaseMessage], str] = {
 _TEXT_BLOCKS = ("text",)
 
 
-class MessageError(GuideError, ValueError):
+class MessageError(GuideValueError):
     """A message ChatGuide cannot send to the model (non-text content, an unknown message type)."""
 
 
@@ -103,28 +106,19 @@ def escape_untrusted(value: Any) -> Any:
 
     Strings are escaped with :func:`guide_engine.escape_tags`; ``Document`` page contents and
     message contents are escaped (metadata untouched); lists, tuples and dicts are escaped item
-    by item; numbers, booleans and ``None`` pass through. Escape a string *as a whole* once it
-    is assembled when you can: two escaped pieces glued together may form a marker at the seam.
-
-    Raises:
-        TypeError: for any other type, rather than letting unescaped text through.
+    by item. Every other value (numbers, ``None``, objects) passes through unchanged, as in
+    :func:`guide_integrations.core.escape_untrusted_value`, the walker both integrations share:
+    turn an object that prints tag markers into a string first.
     """
-    if isinstance(value, str):
-        return escape_tags(value)
-    if value is None or isinstance(value, (bool, int, float)):
-        return value
+    return escape_untrusted_value(value, _escape_object)
+
+
+def _escape_object(value: Any) -> Any:
     if isinstance(value, Document):
         return value.model_copy(update={"page_content": escape_tags(value.page_content)})
     if isinstance(value, BaseMessage):
         return value.model_copy(update={"content": _escape_content(value.content)})
-    if isinstance(value, Mapping):
-        return {key: escape_untrusted(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(escape_untrusted(item) for item in value)
-    raise TypeError(
-        f"escape_documents cannot escape a {type(value).__name__}; pass strings, Documents, messages, "
-        "or lists and dicts of them"
-    )
+    return value
 
 
 def _escape_content(content: str | list[Any]) -> str | list[Any]:
@@ -154,10 +148,11 @@ Pipe retrieval through it before the prompt, e.g.
 
 def usage(result: GenerationResult) -> UsageMetadata:
     """Token counts of one result, in LangChain's ``usage_metadata`` shape."""
-    return UsageMetadata(
-        input_tokens=result.prompt_tokens,
-        output_tokens=result.completion_tokens,
-        total_tokens=result.prompt_tokens + result.completion_tokens,
+    counts = token_usage(result)
+    return UsageMetadata(  # type: ignore[typeddict-item]  # no token details to report
+        input_tokens=counts["prompt_tokens"],
+        output_tokens=counts["completion_tokens"],
+        total_tokens=counts["total_tokens"],
     )
 
 

@@ -15,9 +15,9 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
         "`pip install 'guide-attention[llama-index]'` (or `pip install 'llama-index-core>=0.14,<0.15'`)"
     ) from error
 
+from .base import GuideLLM
 from .embeddings import local_embedding, local_embedding_model
 from .events import GUIDE_METADATA_KEY, InfluenceEvent, InfluenceEventHandler, ResponseAnnotator
-from .llm import GuideLLM
 from .templates import escape_template_value, escaped_template_args
 
 __all__ = [

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from typing import Any
 
 from guide_engine import MissingDependencyError
+
+from ..core import installed_package_folder
 
 __all__ = ["local_embedding", "local_embedding_model"]
 
@@ -23,12 +24,7 @@ def local_embedding_model() -> str:
     Raises:
         MissingDependencyError: the package is not installed, or its ``model/`` folder is incomplete.
     """
-    spec = importlib.util.find_spec(EMBEDDING_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingDependencyError(
-            f"the local embedding model is not installed; install it with `{EMBEDDING_INSTALL}`"
-        )
-    folder = os.path.join(list(spec.submodule_search_locations)[0], "model")
+    folder = os.path.join(installed_package_folder(EMBEDDING_PACKAGE, EMBEDDING_INSTALL), "model")
     if not os.path.isfile(os.path.join(folder, "modules.json")):
         raise MissingDependencyError(
             f"{folder} does not hold a sentence-transformers model; reinstall it with `{EMBEDDING_INSTALL}`"

@@ -132,14 +132,22 @@ class ResponseAnnotator(BaseSpanHandler[BaseSpan]):
             root.add_span_handler(handler)
             return handler
 
-    def span_enter(self, id_: str, bound_args: inspect.BoundArguments, instance: Any = None,
-                   parent_id: str | None = None, tags: dict[str, Any] | None = None, **kwargs: Any) -> None:
+    def span_enter(
+        self,
+        id_: str,
+        bound_args: inspect.BoundArguments,
+        instance: Any = None,
+        parent_id: str | None = None,
+        tags: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         """Remember the span's parent."""
         with self._state_lock:
             self._parents[id_] = parent_id
 
-    def span_exit(self, id_: str, bound_args: inspect.BoundArguments, instance: Any = None,
-                  result: Any = None, **kwargs: Any) -> None:
+    def span_exit(
+        self, id_: str, bound_args: inspect.BoundArguments, instance: Any = None, result: Any = None, **kwargs: Any
+    ) -> None:
         """Collect the span's records, annotate a response, hand the records to the parent."""
         with self._state_lock:
             parent = self._parents.pop(id_, None)
@@ -157,8 +165,14 @@ class ResponseAnnotator(BaseSpanHandler[BaseSpan]):
             if parent is not None and parent in self._parents:  # a parent that already exited gets nothing
                 self._records.setdefault(parent, []).extend(records)
 
-    def span_drop(self, id_: str, bound_args: inspect.BoundArguments, instance: Any = None,
-                  err: BaseException | None = None, **kwargs: Any) -> None:
+    def span_drop(
+        self,
+        id_: str,
+        bound_args: inspect.BoundArguments,
+        instance: Any = None,
+        err: BaseException | None = None,
+        **kwargs: Any,
+    ) -> None:
         """Forget a span that raised."""
         with self._state_lock:
             self._parents.pop(id_, None)

@@ -22,6 +22,8 @@ from llama_index.core.prompts.base import BasePromptTemplate, SelectorPromptTemp
 
 from guide_engine import escape_tags
 
+from ..core import escape_untrusted_value
+
 __all__ = ["escape_template_value", "escaped_template_args"]
 
 
@@ -29,17 +31,18 @@ def escape_template_value(value: Any) -> Any:
     """Escape the tag markers in a value about to be formatted into a template.
 
     Strings are escaped; chat messages and text blocks get their text escaped (the multimodal
-    synthesizers pass nodes as messages); lists and tuples are escaped item by item. Any other
-    value (numbers, objects a ``function_mappings`` callable consumes) is returned as is.
+    synthesizers pass nodes as messages); lists, tuples and dicts are escaped item by item. Any
+    other value (numbers, objects a ``function_mappings`` callable consumes) is returned as is:
+    this is :func:`guide_integrations.core.escape_untrusted_value`, the walker both integrations share.
     """
-    if isinstance(value, str):
-        return escape_tags(value)
+    return escape_untrusted_value(value, _escape_object)
+
+
+def _escape_object(value: Any) -> Any:
     if isinstance(value, TextBlock):
         return value.model_copy(update={"text": escape_tags(value.text)})
     if isinstance(value, ChatMessage):
         return value.model_copy(update={"blocks": [escape_template_value(b) for b in value.blocks]})
-    if isinstance(value, (list, tuple)):
-        return type(value)(escape_template_value(v) for v in value)
     return value
 
 

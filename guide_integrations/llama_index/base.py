@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncGenerator, Generator, Sequence
 from contextlib import aclosing, closing
-from collections.abc import AsyncIterator, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 from uuid import uuid4
 
 from llama_index.core.base.llms.types import (
@@ -34,8 +33,18 @@ from llama_index.core.prompts.base import BasePromptTemplate
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from guide_engine import GenerationResult, GenerationStream, GuideEngine, GuideError, shared_engine
-from guide_engine.loading import DEFAULT_MODEL_NAMES, EMBEDDED_GGUF
+from guide_engine.errors import GuideValueError
+from guide_engine.loading import DEFAULT_MODEL_NAMES
 
+from ..core import (
+    ENGINE_OPTIONS,
+    MetricName,
+    astream_pieces,
+    has_influence_span,
+    model_display_name,
+    token_usage,
+    unknown_options,
+)
 from .events import GUIDE_METADATA_KEY, InfluenceEvent, ResponseAnnotator
 from .templates import escaped_template_args
 
@@ -43,13 +52,8 @@ __all__ = ["GuideLLM"]
 
 dispatcher = get_dispatcher(__name__)
 
-_CALL_OPTIONS = frozenset(
-    {"max_new_tokens", "temperature", "top_p", "top_k", "seed", "stop",
-     "delta_mid", "delta_influence", "layers", "heads", "metric"}
-)
 _ROLES = {MessageRole.DEVELOPER: "system", MessageRole.CHATBOT: "assistant", MessageRole.MODEL: "assistant"}
 _MEDIA_BLOCKS = (ImageBlock, AudioBlock, VideoBlock, DocumentBlock)
-_DONE = object()
 
 
 class GuideLLM(CustomLLM):
@@ -78,31 +82,33 @@ class GuideLLM(CustomLLM):
 
     model: str = Field(
         default="default",
-        description="'default' (the embedded SmolLM2-135M-Instruct), a hub id in the local cache, a folder or a .gguf path.",
+        description="'default' (the embedded SmolLM2-135M-Instruct), a hub id in the local cache, "
+        "a folder or a .gguf path.",
     )
-    gguf_file: Optional[str] = Field(default=None, description="GGUF file name inside `model` (a folder or hub id).")
-    dtype: Optional[str] = Field(default=None, description="torch dtype name for the weights, e.g. 'bfloat16'.")
-    device_map: Optional[Union[str, dict[str, Any]]] = Field(
+    gguf_file: str | None = Field(default=None, description="GGUF file name inside `model` (a folder or hub id).")
+    dtype: str | None = Field(default=None, description="torch dtype name for the weights, e.g. 'bfloat16'.")
+    device_map: str | dict[str, Any] | None = Field(
         default=None, description="transformers device_map, e.g. 'auto' or 'cpu'."
     )
     delta_mid: float = Field(
-        default=1.0, allow_inf_nan=False,
+        default=1.0,
+        allow_inf_nan=False,
         description="Δ of emphasis level 2 (<!!->); level 1 gets half, level 3 double. Negative de-emphasizes.",
     )
     delta_influence: float = Field(
         default=0.0, allow_inf_nan=False, description="Δ applied to the <?-> influence span (0: measure only)."
     )
-    layers: Union[Literal["all"], list[int]] = Field(
+    layers: Literal["all"] | list[int] = Field(
         default="all", description="'all' or the decoder-layer indices that get the bias."
     )
-    heads: Optional[list[int]] = Field(default=None, description="Query-head indices that get the bias (None: all).")
+    heads: list[int] | None = Field(default=None, description="Query-head indices that get the bias (None: all).")
     max_new_tokens: int = Field(default=256, gt=0, description="Most tokens to generate per call.")
     temperature: float = Field(default=0.0, ge=0.0, allow_inf_nan=False, description="0 is greedy decoding.")
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass (with temperature > 0).")
     top_k: int = Field(default=0, ge=0, description="Sample among the k likeliest tokens (0: no limit).")
-    seed: Optional[int] = Field(default=None, description="Random seed for sampling.")
-    stop: Optional[list[str]] = Field(default=None, description="Stop strings; the text is cut before them.")
-    metric: Optional[Literal["influence", "attention_rollout"]] = Field(
+    seed: int | None = Field(default=None, description="Random seed for sampling.")
+    stop: list[str] | None = Field(default=None, description="Stop strings; the text is cut before them.")
+    metric: MetricName | None = Field(
         default=None,
         description="Measure the <?-> span's influence on calls whose prompt has one, "
         "and dispatch it as an InfluenceEvent.",
@@ -115,7 +121,7 @@ class GuideLLM(CustomLLM):
 
     _engine: GuideEngine = PrivateAttr()
 
-    def __init__(self, *, engine: Optional[GuideEngine] = None, **data: Any) -> None:
+    def __init__(self, *, engine: GuideEngine | None = None, **data: Any) -> None:
         """Load (or reuse) the model.
 
         Args:
@@ -125,14 +131,17 @@ class GuideLLM(CustomLLM):
                 shares it.
         """
         if engine is not None and not isinstance(engine, GuideEngine):
-            raise GuideError(f"engine must be a GuideEngine, got {type(engine).__name__}")
+            raise GuideValueError(f"engine must be a GuideEngine, got {type(engine).__name__}")
         if engine is not None:
             data.setdefault("model", str(getattr(engine.model.config, "name_or_path", "") or "engine"))
         super().__init__(**data)
-        load = {k: v for k, v in (("gguf_file", self.gguf_file), ("dtype", self.dtype),
-                                  ("device_map", self.device_map)) if v is not None}
+        load = {
+            k: v
+            for k, v in (("gguf_file", self.gguf_file), ("dtype", self.dtype), ("device_map", self.device_map))
+            if v is not None
+        }
         if engine is not None and load:
-            raise GuideError(f"pass either engine= or the load options {sorted(load)}, not both")
+            raise GuideValueError(f"pass either engine= or the load options {sorted(load)}, not both")
         model = None if self.model in DEFAULT_MODEL_NAMES else self.model
         self._engine = engine if engine is not None else shared_engine(model, **load)
         ResponseAnnotator.install()
@@ -150,13 +159,12 @@ class GuideLLM(CustomLLM):
     @property
     def metadata(self) -> LLMMetadata:
         """Context window and chat support of the loaded model; ``num_output`` is ``max_new_tokens``."""
-        name = EMBEDDED_GGUF.removesuffix(".gguf") if self.model in DEFAULT_MODEL_NAMES else self.model
         return LLMMetadata(
             context_window=self._engine.context_length or DEFAULT_CONTEXT_WINDOW,
             num_output=self.max_new_tokens,
             is_chat_model=self._has_chat_template,
             is_function_calling_model=False,
-            model_name=name,
+            model_name=model_display_name(self.model),
         )
 
     # ----------------------------------------------------------------- templates: escaping
@@ -172,31 +180,37 @@ class GuideLLM(CustomLLM):
         return super()._get_messages(prompt, **prompt_args)
 
     # Structured programs format the template themselves, so escape on the way in.
-    def structured_predict(self, output_cls: Any, prompt: BasePromptTemplate,
-                           llm_kwargs: Optional[dict[str, Any]] = None, **prompt_args: Any) -> Any:
+    def structured_predict(
+        self, output_cls: Any, prompt: BasePromptTemplate, llm_kwargs: dict[str, Any] | None = None, **prompt_args: Any
+    ) -> Any:
         """Structured predict, with the template's values escaped (see ``escape_template_variables``)."""
         prompt, prompt_args = self._template_inputs(prompt, prompt_args)
         return super().structured_predict(output_cls, prompt, llm_kwargs=llm_kwargs, **prompt_args)
 
-    async def astructured_predict(self, output_cls: Any, prompt: BasePromptTemplate,
-                                  llm_kwargs: Optional[dict[str, Any]] = None, **prompt_args: Any) -> Any:
+    async def astructured_predict(
+        self, output_cls: Any, prompt: BasePromptTemplate, llm_kwargs: dict[str, Any] | None = None, **prompt_args: Any
+    ) -> Any:
         """Async structured predict, with the template's values escaped."""
         prompt, prompt_args = self._template_inputs(prompt, prompt_args)
         return await super().astructured_predict(output_cls, prompt, llm_kwargs=llm_kwargs, **prompt_args)
 
-    def stream_structured_predict(self, output_cls: Any, prompt: BasePromptTemplate,
-                                  llm_kwargs: Optional[dict[str, Any]] = None, **prompt_args: Any) -> Any:
+    def stream_structured_predict(
+        self, output_cls: Any, prompt: BasePromptTemplate, llm_kwargs: dict[str, Any] | None = None, **prompt_args: Any
+    ) -> Any:
         """Streaming structured predict, with the template's values escaped."""
         prompt, prompt_args = self._template_inputs(prompt, prompt_args)
         return super().stream_structured_predict(output_cls, prompt, llm_kwargs=llm_kwargs, **prompt_args)
 
-    async def astream_structured_predict(self, output_cls: Any, prompt: BasePromptTemplate,
-                                         llm_kwargs: Optional[dict[str, Any]] = None, **prompt_args: Any) -> Any:
+    async def astream_structured_predict(
+        self, output_cls: Any, prompt: BasePromptTemplate, llm_kwargs: dict[str, Any] | None = None, **prompt_args: Any
+    ) -> Any:
         """Async streaming structured predict, with the template's values escaped."""
         prompt, prompt_args = self._template_inputs(prompt, prompt_args)
         return await super().astream_structured_predict(output_cls, prompt, llm_kwargs=llm_kwargs, **prompt_args)
 
-    def _template_inputs(self, prompt: BasePromptTemplate, prompt_args: dict[str, Any]) -> tuple[BasePromptTemplate, dict[str, Any]]:
+    def _template_inputs(
+        self, prompt: BasePromptTemplate, prompt_args: dict[str, Any]
+    ) -> tuple[BasePromptTemplate, dict[str, Any]]:
         if not self.escape_template_variables:
             return prompt, prompt_args
         return escaped_template_args(prompt, prompt_args, llm=self)
@@ -293,7 +307,7 @@ class GuideLLM(CustomLLM):
 
     def _chat_prompt(self, messages: Sequence[ChatMessage]) -> Any:
         if not self._has_chat_template:
-            return self.messages_to_prompt(messages)
+            return self.messages_to_prompt(messages)  # type: ignore[misc]  # LLM sets a default
         request = []
         for index, message in enumerate(messages):
             texts = []
@@ -301,7 +315,7 @@ class GuideLLM(CustomLLM):
                 if isinstance(block, TextBlock):
                     texts.append(block.text)
                 elif isinstance(block, _MEDIA_BLOCKS):
-                    raise GuideError(
+                    raise GuideValueError(
                         f"message {index} has a {type(block).__name__}; GuideLLM takes text only (TextBlock)"
                     )
             role = _ROLES.get(message.role, getattr(message.role, "value", str(message.role)))
@@ -309,88 +323,91 @@ class GuideLLM(CustomLLM):
         return request
 
     def _options(self, request: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(kwargs) - _CALL_OPTIONS)
+        unknown = unknown_options(kwargs, ENGINE_OPTIONS)
         if unknown:
-            raise GuideError(f"unknown generation option(s) {unknown}; GuideLLM accepts {sorted(_CALL_OPTIONS)}")
-        options: dict[str, Any] = {
-            "max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
-            "top_k": self.top_k, "seed": self.seed, "stop": self.stop, "delta_mid": self.delta_mid,
-            "delta_influence": self.delta_influence, "layers": self.layers, "heads": self.heads,
-        }
-        if self.metric is not None and _has_influence_span(request):
-            options["metric"] = self.metric
-        options.update(kwargs)
+            raise GuideValueError(f"unknown generation option(s) {unknown}; GuideLLM accepts {sorted(ENGINE_OPTIONS)}")
+        # Every engine option is a field of the same name; the call's keywords win.
+        options = {name: kwargs.get(name, getattr(self, name)) for name in ENGINE_OPTIONS}
+        if options["metric"] is not None and not has_influence_span(request):
+            options["metric"] = None  # nothing to measure
         return options
 
     async def _agenerate(self, request: Any, kwargs: dict[str, Any]) -> GenerationResult:
         stream = await asyncio.to_thread(self._engine.stream, request, **self._options(request, kwargs))
-        result = None
-        async for _, result in _apieces(stream):
+        async for _ in astream_pieces(stream):  # step by step: cancelling stops decoding
             pass
-        assert result is not None  # _apieces always ends with the result
-        return result
+        return _finished(stream)
 
-    def _stream_responses(self, stream: GenerationStream, chunk: Any, span_id: Optional[str]) -> Iterator[Any]:
+    def _stream_responses(
+        self, stream: GenerationStream, chunk: Any, span_id: str | None
+    ) -> Generator[Any, None, None]:
         text = ""
         with closing(_pieces(stream)) as pieces:  # a consumer that stops early stops decoding
             for piece, result in pieces:
                 text += piece
                 yield chunk(text, piece, result, span_id)
 
-    async def _astream_responses(self, stream: GenerationStream, chunk: Any, span_id: Optional[str]) -> AsyncIterator[Any]:
+    async def _astream_responses(
+        self, stream: GenerationStream, chunk: Any, span_id: str | None
+    ) -> AsyncGenerator[Any, None]:
         text = ""
         async with aclosing(_apieces(stream)) as pieces:
             async for piece, result in pieces:
                 text += piece
                 yield chunk(text, piece, result, span_id)
 
-    def _completion_chunk(self, text: str, piece: str, result: Optional[GenerationResult], span_id: Optional[str]) -> CompletionResponse:
+    def _completion_chunk(
+        self, text: str, piece: str, result: GenerationResult | None, span_id: str | None
+    ) -> CompletionResponse:
         if result is None:
             return CompletionResponse(text=text, delta=piece)
         return self._completion_response(result, piece, span_id=span_id)
 
-    def _chat_chunk(self, text: str, piece: str, result: Optional[GenerationResult], span_id: Optional[str]) -> ChatResponse:
+    def _chat_chunk(self, text: str, piece: str, result: GenerationResult | None, span_id: str | None) -> ChatResponse:
         if result is None:
             return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=piece)
         return self._chat_response(result, piece, span_id=span_id)
 
-    def _extras(self, result: GenerationResult, span_id: Optional[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _extras(self, result: GenerationResult, span_id: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
         """``additional_kwargs`` and ``raw`` of a finished call; dispatches its InfluenceEvent."""
         spans = [s.to_dict() for s in result.spans]
-        usage = {
-            "prompt_tokens": result.prompt_tokens,
-            "completion_tokens": result.completion_tokens,
-            "total_tokens": result.prompt_tokens + result.completion_tokens,
-        }
-        record = {
-            "id": str(uuid4()), "model": self.metadata.model_name, "spans": spans, **usage,
-            "finish_reason": result.finish_reason, "prompt_text": result.prompt_text,
+        usage = token_usage(result)
+        record: dict[str, Any] = {
+            "id": str(uuid4()),
+            "model": self.metadata.model_name,
+            "spans": spans,
+            **usage,
+            "finish_reason": result.finish_reason,
+            "prompt_text": result.prompt_text,
         }
         raw: dict[str, Any] = {GUIDE_METADATA_KEY: record, "usage": usage, "influence": None}
         if result.influence is not None:
             raw["influence"] = result.influence.to_dict()
-            where = {"span_id": span_id} if span_id is not None else {}  # a stream ends after its call's span
-            dispatcher.event(InfluenceEvent(model=record["model"], text=result.text, influence=raw["influence"], **where))
+            event = InfluenceEvent(model=record["model"], text=result.text, influence=raw["influence"])
+            if span_id is not None:  # a stream ends after its call's span
+                event.span_id = span_id
+            dispatcher.event(event)
         return {"spans": spans, **usage, "finish_reason": result.finish_reason}, raw
 
-    def _completion_response(self, result: GenerationResult, delta: str, span_id: Optional[str] = None) -> CompletionResponse:
+    def _completion_response(
+        self, result: GenerationResult, delta: str, span_id: str | None = None
+    ) -> CompletionResponse:
         extra, raw = self._extras(result, span_id)
         return CompletionResponse(text=result.text, delta=delta, additional_kwargs=extra, raw=raw)
 
-    def _chat_response(self, result: GenerationResult, delta: str, span_id: Optional[str] = None) -> ChatResponse:
+    def _chat_response(self, result: GenerationResult, delta: str, span_id: str | None = None) -> ChatResponse:
         extra, raw = self._extras(result, span_id)
         message = ChatMessage(role=MessageRole.ASSISTANT, content=result.text)
         return ChatResponse(message=message, delta=delta, additional_kwargs=extra, raw=raw)
 
 
-def _has_influence_span(request: Any) -> bool:
-    """Whether a prompt has an unescaped ``<?->`` opener (escaped ones read ``<\\?->``)."""
-    if isinstance(request, str):
-        return "<?->" in request
-    return any("<?->" in m["content"] for m in request)
+def _finished(stream: GenerationStream) -> GenerationResult:
+    if stream.result is None:  # the engine sets it when the stream ends
+        raise GuideError("the generation stream ended without a result")
+    return stream.result
 
 
-def _pieces(stream: GenerationStream) -> Iterator[tuple[str, Optional[GenerationResult]]]:
+def _pieces(stream: GenerationStream) -> Generator[tuple[str, GenerationResult | None], None, None]:
     """``(piece, None)`` per text piece, the last one held back and paired with the result."""
     try:
         held = ""
@@ -398,30 +415,17 @@ def _pieces(stream: GenerationStream) -> Iterator[tuple[str, Optional[Generation
             if held:
                 yield held, None
             held = piece
-        yield held, stream.result
+        yield held, _finished(stream)
     finally:
         stream.close()  # stops decoding when the consumer stops early
 
 
-async def _apieces(stream: GenerationStream) -> AsyncIterator[tuple[str, Optional[GenerationResult]]]:
-    """:func:`_pieces`, each decoding step run in a worker thread so the event loop stays free."""
-    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="guide-llm")
-    step: Optional[Future] = None
-    try:
+async def _apieces(stream: GenerationStream) -> AsyncGenerator[tuple[str, GenerationResult | None], None]:
+    """:func:`_pieces` without blocking the event loop (:func:`guide_integrations.core.astream_pieces`)."""
+    async with aclosing(astream_pieces(stream)) as pieces:
         held = ""
-        while True:
-            step = worker.submit(next, stream, _DONE)
-            piece = await asyncio.wrap_future(step)
-            step = None
-            if piece is _DONE:
-                break
+        async for piece in pieces:
             if held:
                 yield held, None
             held = piece
-        yield held, stream.result
-    finally:
-        if step is None:
-            stream.close()
-        else:  # cancelled mid-step: close once the step in flight returns
-            step.add_done_callback(lambda _: stream.close())
-        worker.shutdown(wait=False)
+    yield held, _finished(stream)
