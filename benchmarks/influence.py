@@ -30,7 +30,7 @@ import torch
 from common import BenchPrompt, PeakRSS, build_prompt, machine_info, markdown_table, median, set_threads, timed, write_report
 
 from guide_engine.attention import GuideAttentionState
-from guide_engine.influence import InfluenceTracker, compute_influence, install_hooks
+from guide_engine.influence import InfluenceTracker, attach_hooks, compute_influence
 
 TINY = dict(
     vocab_size=1024,
@@ -73,7 +73,7 @@ def plain_pass(model: torch.nn.Module, ids: torch.Tensor) -> None:
 @torch.inference_mode()
 def tracker_pass(model: torch.nn.Module, ids: torch.Tensor, indicator: torch.Tensor) -> dict[int, torch.Tensor]:
     """An Influence pass driven directly (what ``compute_influence`` does, without a tokenizer)."""
-    install_hooks(model)
+    attach_hooks(model)  # once per model, however often it is asked
     tracker = InfluenceTracker(indicator, "influence")
     model(input_ids=ids, use_cache=False, logits_to_keep=1, guide=GuideAttentionState(influence=tracker))
     return tracker.layers
@@ -81,7 +81,7 @@ def tracker_pass(model: torch.nn.Module, ids: torch.Tensor, indicator: torch.Ten
 
 def engine_pass(engine: Any, prompt: Any) -> Any:
     """The engine's own Influence pass over a prompt (no generated tokens)."""
-    return compute_influence(engine, prompt.encoded, [], engine._options(metric="influence"))
+    return compute_influence(engine.model, engine.tokenizer, prompt.encoded, [], engine.request_options(metric="influence"))
 
 
 # ------------------------------------------------------------------------------------ worker

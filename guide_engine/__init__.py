@@ -1,22 +1,38 @@
 """GUIDE: emphasize parts of a prompt with tags, and measure how much a part steers the model.
 
 Importing the package registers the ``"guide"`` attention implementation with transformers'
-``AttentionInterface`` (and its mask builder) and the ``"pay-attention"`` pipeline task.
+``AttentionInterface`` (and its mask builder) and the ``"pay-attention"`` pipeline task, once.
+
+Modules, each importing only those listed before it: ``errors`` → ``tags`` → ``alignment`` →
+``options`` → ``plots`` → ``attention`` → ``influence`` → ``decoding`` → ``loading`` → ``engine``
+→ ``registry`` → ``pipeline`` → ``cli`` (checked by ``tests/test_architecture.py``).
 """
 
 from .alignment import AppliedSpan, EncodedPrompt
 from .attention import register as _register_attention
 from .engine import GenerationResult, GenerationStream, GuideEngine
-from .errors import ContextLengthError, GuideError, MissingDependencyError, ModelNotSupportedError, TagError
+from .errors import (
+    ContextLengthError,
+    GuideError,
+    GuideValueError,
+    InfluenceError,
+    MissingDependencyError,
+    ModelLoadError,
+    ModelNotSupportedError,
+    TagError,
+)
 from .influence import InfluenceResult
+from .options import REQUEST_OPTIONS
+from .pipeline import PayAttentionPipeline
+from .pipeline import register_pipeline as _register_pipeline
 from .registry import shared_engine
-from .pipeline import PayAttentionPipeline, register_pipeline as _register_pipeline
 from .tags import ParsedText, Span, escape_tags, parse_tags, strip_tags
 
 _register_attention()
 _register_pipeline()
 
 __all__ = [
+    "REQUEST_OPTIONS",
     "AppliedSpan",
     "ContextLengthError",
     "EncodedPrompt",
@@ -24,8 +40,11 @@ __all__ = [
     "GenerationStream",
     "GuideEngine",
     "GuideError",
+    "GuideValueError",
+    "InfluenceError",
     "InfluenceResult",
     "MissingDependencyError",
+    "ModelLoadError",
     "ModelNotSupportedError",
     "ParsedText",
     "PayAttentionPipeline",

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
-from .errors import GuideError
+from .errors import GuideValueError, ModelNotSupportedError
 from .tags import Span, parse_tags
 
 Message = Mapping[str, Any]
@@ -74,19 +74,19 @@ def normalize_prompt(prompt: Prompt) -> list[dict[str, Any]] | str:
     """Validate a prompt: a non-empty string or a non-empty list of role/content messages."""
     if isinstance(prompt, str):
         if not prompt.strip():
-            raise GuideError("prompt is empty; pass a non-empty string or a list of messages")
+            raise GuideValueError("prompt is empty; pass a non-empty string or a list of messages")
         return prompt
     if not isinstance(prompt, Sequence) or not prompt:
-        raise GuideError(
+        raise GuideValueError(
             f"prompt must be a non-empty string or a non-empty list of {{'role', 'content'}} messages, "
             f"got {type(prompt).__name__}"
         )
     messages = []
     for i, message in enumerate(prompt):
         if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
-            raise GuideError(f"message {i} must be a mapping with 'role' and 'content', got {message!r:.80}")
+            raise GuideValueError(f"message {i} must be a mapping with 'role' and 'content', got {message!r:.80}")
         if not isinstance(message["content"], str):
-            raise GuideError(
+            raise GuideValueError(
                 f"message {i} content must be a string, got {type(message['content']).__name__}"
             )
         messages.append(dict(message))
@@ -107,7 +107,7 @@ def _locate_contents(tokenizer: Any, messages: list[dict[str, Any]], rendered: s
     positions = []
     for i, mark in enumerate(marks):
         if marked.count(mark) != 1:
-            raise GuideError(
+            raise ModelNotSupportedError(
                 f"the chat template does not insert message {i} exactly once, so its tags cannot be placed"
             )
         positions.append((marked.index(mark), i))
@@ -119,7 +119,7 @@ def _locate_contents(tokenizer: Any, messages: list[dict[str, Any]], rendered: s
         cursor = at + len(marks[i])
         shift += len(content) - len(marks[i])
     if "".join(rebuilt) + marked[cursor:] != rendered:
-        raise GuideError(
+        raise ModelNotSupportedError(
             "the chat template changes the text of the messages (or depends on it), so tags cannot be placed; "
             "use a template that inserts message content verbatim"
         )
@@ -133,7 +133,7 @@ def _char_spans(prompt: list[dict[str, Any]] | str, tokenizer: Any) -> tuple[str
         return parsed.text, True, [(s.start, s.end, s, None) for s in parsed.spans]
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
     if not getattr(tokenizer, "chat_template", None):
-        raise GuideError("a list of messages needs a tokenizer with a chat template; pass a plain string instead")
+        raise GuideValueError("a list of messages needs a tokenizer with a chat template; pass a plain string instead")
     parsed = [parse_tags(m["content"]) for m in messages]
     clean = [{**m, "content": p.text} for m, p in zip(messages, parsed)]
     rendered = tokenizer.apply_chat_template(clean, tokenize=False, add_generation_prompt=True)
@@ -162,7 +162,7 @@ def encode_prompt(
         ids = tokenizer(text, add_special_tokens=add_special)["input_ids"]
         return EncodedPrompt(list(ids), text, (), [0.0] * len(ids), [False] * len(ids))
     if not getattr(tokenizer, "is_fast", False):
-        raise GuideError(
+        raise ModelNotSupportedError(
             f"tagged prompts need a fast tokenizer with character offsets; {type(tokenizer).__name__} has none"
         )
     enc = tokenizer(text, add_special_tokens=add_special, return_offsets_mapping=True)

@@ -22,18 +22,45 @@ state has nothing to do for a layer, the call is exactly stock SDPA.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-if TYPE_CHECKING:
-    from .influence import InfluenceTracker
+from .alignment import EncodedPrompt
+from .options import RequestOptions
+
+__all__ = [
+    "ATTENTION_NAME",
+    "MAX_ABS_BIAS",
+    "GuideAttentionState",
+    "InfluenceColumn",
+    "build_state",
+    "guide_attention_forward",
+    "guide_mask",
+    "keys_bias",
+    "register",
+]
 
 ATTENTION_NAME = "guide"
+MAX_ABS_BIAS = 1000.0
+"""|Δ| beyond this already saturates the softmax (exp(-1000) is 0 even in float32); Δ is clamped to it."""
+
+
+class InfluenceColumn(Protocol):
+    """What the attention function needs from an influence tracker (see :mod:`guide_engine.influence`)."""
+
+    def value_column(self, layer_idx: int, kv_len: int, value: torch.Tensor) -> torch.Tensor:
+        """I⁽ℓ⁻¹⁾ as an extra value column, ``(batch, kv_heads, kv_len, 1)``."""
+        ...
+
+    def record_attention_product(self, layer_idx: int, per_head: torch.Tensor) -> None:
+        """Receive Ā I from the kernel's extra output column, ``(batch, q_len, heads)``."""
+        ...
 
 
 @dataclass
@@ -54,7 +81,7 @@ class GuideAttentionState:
     layers: frozenset[int] | None = None
     heads: tuple[int, ...] | None = None
     pad_offsets: torch.Tensor | None = None
-    influence: InfluenceTracker | None = None
+    influence: InfluenceColumn | None = None
     _head_cache: dict[Any, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def bias_for_layer(self, layer_idx: int | None) -> torch.Tensor | None:
@@ -73,6 +100,37 @@ class GuideAttentionState:
             sel[list(self.heads) if self.heads is not None else slice(None)] = 1
             self._head_cache[key] = sel.view(1, num_heads, 1, 1)
         return self._head_cache[key]
+
+
+def build_state(
+    rows: Sequence[EncodedPrompt],
+    options: RequestOptions,
+    width: int,
+    device: torch.device | str,
+    influence: InfluenceColumn | None = None,
+) -> GuideAttentionState | None:
+    """The attention state of one request: each row's Δ, left-padded to ``width`` tokens.
+
+    Returns ``None`` when no token is biased and nothing is measured, so the forward pass is
+    exactly stock SDPA.
+    """
+    biased = any(row.has_bias for row in rows)
+    if not biased and influence is None:
+        return None
+    bias = torch.zeros(len(rows), width)  # (batch, width)
+    pads = torch.tensor([width - len(row.input_ids) for row in rows])  # (batch,)
+    for index, row in enumerate(rows):
+        bias[index, width - len(row.input_ids) :] = torch.tensor(row.token_deltas)
+    # Clamping changes no result (the softmax is saturated) while keeping Δ / scale finite in
+    # float16 and float32.
+    bias.clamp_(-MAX_ABS_BIAS, MAX_ABS_BIAS)
+    return GuideAttentionState(
+        key_bias=bias.to(device) if biased else None,
+        layers=options.layers,
+        heads=options.heads,
+        pad_offsets=pads if bool(pads.any()) else None,
+        influence=influence,
+    )
 
 
 def keys_bias(

@@ -8,7 +8,6 @@ unknown model — prints one line to stderr and exits with status 2, without a t
 from __future__ import annotations
 
 import json
-import math
 import sys
 import warnings
 from enum import Enum
@@ -16,7 +15,9 @@ from typing import Any, Optional
 
 import typer
 
-from .errors import GuideError
+from .errors import GuideError, GuideValueError, require_finite
+from .options import METRICS
+from .registry import shared_engine
 from .tags import parse_tags
 
 app = typer.Typer(
@@ -30,11 +31,8 @@ app = typer.Typer(
 USAGE_ERROR = 2
 
 
-class Metric(str, Enum):
-    """What ``guide influence`` measures."""
-
-    influence = "influence"
-    attention_rollout = "attention_rollout"
+Metric = Enum("Metric", {name: name for name in METRICS}, type=str)  # type: ignore[misc]
+"""What ``guide influence`` measures: the choices are the engine's own metric names."""
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -58,15 +56,8 @@ def parse_layer_list(text: str | None, option: str, *, allow_all: bool = False) 
         layers = []
     if not layers:
         allowed = "'all' or " if allow_all else ""
-        raise GuideError(f"{option} must be {allowed}comma-separated layer indices such as 0,1,2; got {text!r}")
+        raise GuideValueError(f"{option} must be {allowed}comma-separated layer indices such as 0,1,2; got {text!r}")
     return layers
-
-
-def check_finite(option: str, value: float) -> float:
-    """Reject nan/inf before the model is loaded."""
-    if not math.isfinite(value):
-        raise GuideError(f"{option} must be a finite number, got {value}")
-    return value
 
 
 def read_prompt(prompt: str | None) -> str:
@@ -75,10 +66,10 @@ def read_prompt(prompt: str | None) -> str:
         return prompt
     stdin = sys.stdin
     if prompt is None and (stdin is None or stdin.isatty()):
-        raise GuideError("no prompt: pass PROMPT as an argument, or pipe it on stdin (PROMPT omitted or '-')")
+        raise GuideValueError("no prompt: pass PROMPT as an argument, or pipe it on stdin (PROMPT omitted or '-')")
     text = stdin.read().rstrip("\r\n")
     if not text.strip():
-        raise GuideError("the prompt read from stdin is empty")
+        raise GuideValueError("the prompt read from stdin is empty")
     return text
 
 
@@ -89,7 +80,7 @@ def build_prompt(prompt: str, system: str | None, *, needs_influence_span: bool 
         warnings.simplefilter("ignore")
         spans = [span for text in texts for span in parse_tags(text).spans]
     if needs_influence_span and not any(span.kind == "influence" for span in spans):
-        raise GuideError("guide influence needs an influence span: wrap the text to measure in <?-> … <-?>")
+        raise GuideValueError("guide influence needs an influence span: wrap the text to measure in <?-> … <-?>")
     if system is None:
         return prompt
     return [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
@@ -97,8 +88,6 @@ def build_prompt(prompt: str, system: str | None, *, needs_influence_span: bool 
 
 def load_engine(model: str, gguf_file: str | None) -> Any:
     """The shared engine for ``model`` (only options the user set become load keywords)."""
-    from .registry import shared_engine
-
     load_kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     return shared_engine(None if model == "default" else model, **load_kwargs)
 
@@ -189,9 +178,9 @@ def generate(
         text = build_prompt(read_prompt(prompt), system)
         options = {
             "max_new_tokens": max_new_tokens,
-            "delta_mid": check_finite("--delta-mid", delta_mid),
-            "temperature": check_finite("--temperature", temperature),
-            "top_p": check_finite("--top-p", top_p),
+            "delta_mid": require_finite("--delta-mid", delta_mid),
+            "temperature": require_finite("--temperature", temperature),
+            "top_p": require_finite("--top-p", top_p),
             "seed": seed,
             "stop": list(stop) if stop else None,
             "layers": parse_layer_list(layers, "--layers", allow_all=True),
@@ -234,15 +223,15 @@ def influence(
         plot_layers = parse_layer_list(layers_to_plot, "--layers-to-plot")
         options = {
             "max_new_tokens": max_new_tokens,
-            "delta_mid": check_finite("--delta-mid", delta_mid),
-            "delta_influence": check_finite("--delta-influence", delta_influence),
+            "delta_mid": require_finite("--delta-mid", delta_mid),
+            "delta_influence": require_finite("--delta-influence", delta_influence),
             "metric": metric.value,
         }
         engine = load_engine(model, gguf_file)
         if plot_layers is not None:
             bad = [k for k in plot_layers if not -1 <= k < engine.num_layers]
             if bad:
-                raise GuideError(
+                raise GuideValueError(
                     f"--layers-to-plot: layer {bad[0]} is out of range; this model has layers -1..{engine.num_layers - 1}"
                 )
         result = stream_text(engine, text, **options)

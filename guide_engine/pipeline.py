@@ -16,12 +16,13 @@ from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.text_generation import Chat
 
 from .engine import GuideEngine
-from .errors import GuideError
-from .influence import METRICS, compute_influence
+from .errors import GuideValueError
+from .options import check_metric
 from .tags import parse_tags
 
+__all__ = ["TASK", "PayAttentionPipeline", "register_pipeline"]
+
 TASK = "pay-attention"
-_ENGINE_KEYS = ("metric", "delta_influence", "delta_mid", "layers", "heads")
 
 
 def _has_tags(prompt: Any) -> bool:
@@ -44,8 +45,7 @@ class PayAttentionPipeline(TextGenerationPipeline):
         self.engine = GuideEngine(self.model, self.tokenizer, delta_mid=delta_mid, layers=layers)
 
     def _sanitize_parameters(self, metric: str | None = None, delta_influence: float = 0.0, delta_mid: float | None = None, layers: Any = None, heads: Any = None, **kwargs: Any):
-        if metric is not None and metric not in METRICS:
-            raise GuideError(f"metric must be one of {METRICS} or None, got {metric!r}")
+        check_metric(metric)
         preprocess, forward, postprocess = super()._sanitize_parameters(**kwargs)
         guide = {"metric": metric, "delta_influence": delta_influence, "delta_mid": delta_mid, "layers": layers, "heads": heads}
         preprocess["guide_options"] = guide
@@ -59,26 +59,23 @@ class PayAttentionPipeline(TextGenerationPipeline):
         prompt = prompt_text.messages if isinstance(prompt_text, Chat) else prompt_text
         encoded = self.engine.encode(prompt, delta_mid=options.get("delta_mid"), delta_influence=options.get("delta_influence", 0.0))
         ids = torch.tensor([encoded.input_ids])
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "prompt_text": prompt_text, "guide_encoded": encoded}
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "prompt_text": prompt_text, "guide_prompt": prompt}
 
     def _forward(self, model_inputs: dict[str, Any], guide_options: dict[str, Any] | None = None, **generate_kwargs: Any) -> dict[str, Any]:
-        encoded = model_inputs.pop("guide_encoded", None)
+        prompt = model_inputs.pop("guide_prompt", None)
         options = {k: v for k, v in (guide_options or {}).items() if v is not None}
-        if encoded is None:
+        if prompt is None:  # no tags: exactly the text-generation pipeline
             if options.get("metric") is not None:
-                raise GuideError(f"metric={options['metric']!r} needs an influence span: wrap the text to measure in <?-> … <-?>")
+                raise GuideValueError(
+                    f"metric={options['metric']!r} needs an influence span: wrap the text to measure in <?-> … <-?>"
+                )
             return super()._forward(model_inputs, **generate_kwargs)
-        request = self.engine._options(**options, **self._sampling_options(generate_kwargs))
-        decoder = self.engine._row_decoder(request)
-        finished = torch.zeros(1, dtype=torch.bool)
-        for next_ids in self.engine._steps([encoded], request, finished):
-            decoder.push(int(next_ids[0]))
-            if decoder.finish_reason is not None:
-                break
-        generated = torch.tensor([encoded.input_ids + decoder.ids])
+        result = self.engine.generate(prompt, **options, **self._sampling_options(generate_kwargs))
+        # The pipeline's postprocess cuts the prompt off the sequence, as for stock generation.
+        generated = torch.tensor([model_inputs["input_ids"][0].tolist() + result.token_ids])
         outputs = {"generated_sequence": generated[None], "input_ids": model_inputs["input_ids"], "prompt_text": model_inputs["prompt_text"]}
-        if request.metric is not None:
-            outputs["guide_influence"] = compute_influence(self.engine, encoded, decoder.ids, request)
+        if result.influence is not None:
+            outputs["guide_influence"] = result.influence
         return outputs
 
     def postprocess(self, model_outputs: dict[str, Any], **kwargs: Any) -> list[dict[str, Any]]:

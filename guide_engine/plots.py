@@ -15,17 +15,32 @@ import html
 import json
 import math
 import os
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from .errors import GuideError
+from .errors import GuideError, GuideValueError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from .influence import InfluenceResult
+__all__ = ["LOG_FLOOR", "InfluenceData", "display_token", "influence_figure", "influence_html", "plot_influence"]
+
+
+class InfluenceData(Protocol):
+    """What a picture needs of a measurement; :class:`~guide_engine.influence.InfluenceResult` has it.
+
+    A protocol rather than an import keeps this module free of the engine: the influence module
+    imports the plots (lazily, for matplotlib's cost), never the other way round.
+    """
+
+    layers: Mapping[int, Any]
+    tokens: list[str]
+    spans: Sequence[Any]
+    generation_start: int
+    metric: str
+    delta_influence: float
 
 LOG_FLOOR = 1e-8
 """Values below this (zeros included) are drawn at log10(LOG_FLOOR) = -8."""
@@ -36,7 +51,7 @@ METRIC_LABELS = {"influence": "Influence", "attention_rollout": "Attention rollo
 # ------------------------------------------------------------------------------------ helpers
 
 
-def layer_values(result: InfluenceResult, layer: int) -> np.ndarray:
+def layer_values(result: InfluenceData, layer: int) -> np.ndarray:
     """One layer's values as a float64 array over positions."""
     values = result.layers[layer]
     if hasattr(values, "detach"):
@@ -91,7 +106,7 @@ def rolling_mean(values: np.ndarray, window: int) -> np.ndarray:
         return np.where(n > 0, (sums[ends] - sums[starts]) / np.maximum(n, 1), np.nan)
 
 
-def _available(result: InfluenceResult) -> list[int]:
+def _available(result: InfluenceData) -> list[int]:
     return sorted(int(k) for k in result.layers)
 
 
@@ -100,21 +115,21 @@ def _range_text(available: list[int]) -> str:
     return f"{available[0]}..{available[-1]}" if contiguous else ", ".join(map(str, available))
 
 
-def choose_layers(result: InfluenceResult, layers: Sequence[int] | None) -> list[int]:
+def choose_layers(result: InfluenceData, layers: Sequence[int] | None) -> list[int]:
     """The layers to draw: the given ones (validated), or the first, middle and last layer."""
     available = _available(result)
     if not available:
-        raise GuideError("this influence result has no layers to plot")
+        raise GuideValueError("this influence result has no layers to plot")
     if layers is None:
         decoder = [k for k in available if k >= 0] or available
         picks = [decoder[0], decoder[len(decoder) // 2], decoder[-1]]
         return list(dict.fromkeys(picks))
     if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence) or len(layers) == 0:
-        raise GuideError(f"layers must be a non-empty list of layer indices, got {layers!r}")
+        raise GuideValueError(f"layers must be a non-empty list of layer indices, got {layers!r}")
     chosen = []
     for layer in layers:
         if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or int(layer) not in result.layers:
-            raise GuideError(
+            raise GuideValueError(
                 f"layer {layer!r} is not in this result; available layers are {_range_text(available)} "
                 "(-1 is the span indicator before the first layer)"
             )
@@ -122,7 +137,7 @@ def choose_layers(result: InfluenceResult, layers: Sequence[int] | None) -> list
     return list(dict.fromkeys(chosen))
 
 
-def _influence_spans(result: InfluenceResult) -> list[Any]:
+def _influence_spans(result: InfluenceData) -> list[Any]:
     return [s for s in result.spans if s.kind == "influence" and s.token_end > s.token_start]
 
 
@@ -135,7 +150,7 @@ def _format_number(value: float) -> str:
     return f"{value:g}"
 
 
-def describe(result: InfluenceResult) -> str:
+def describe(result: InfluenceData) -> str:
     """One-line title: the metric, the measured text and the Δ in effect."""
     metric = METRIC_LABELS.get(result.metric, result.metric)
     measured = _influence_spans(result) or [s for s in result.spans if s.kind == "influence"]
@@ -150,7 +165,7 @@ def describe(result: InfluenceResult) -> str:
 # ---------------------------------------------------------------------------------------- PNG
 
 
-def influence_figure(result: InfluenceResult, layers: Sequence[int] | None = None, window: int = 5) -> Figure:
+def influence_figure(result: InfluenceData, layers: Sequence[int] | None = None, window: int = 5) -> Figure:
     """Build the figure of :func:`plot_influence` without saving it.
 
     For each chosen layer the axes hold two lines, in this order: the per-token log10 values
@@ -164,7 +179,7 @@ def influence_figure(result: InfluenceResult, layers: Sequence[int] | None = Non
     from matplotlib.figure import Figure
 
     if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
-        raise GuideError(f"window must be a positive integer number of tokens, got {window!r}")
+        raise GuideValueError(f"window must be a positive integer number of tokens, got {window!r}")
     chosen = choose_layers(result, layers)
     metric = METRIC_LABELS.get(result.metric, result.metric)
 
@@ -199,7 +214,7 @@ def influence_figure(result: InfluenceResult, layers: Sequence[int] | None = Non
 
 
 def plot_influence(
-    result: InfluenceResult, path: str | os.PathLike[str], layers: Sequence[int] | None = None, window: int = 5
+    result: InfluenceData, path: str | os.PathLike[str], layers: Sequence[int] | None = None, window: int = 5
 ) -> str:
     """Save log10 influence against token position as a PNG (the paper's figure).
 
@@ -228,7 +243,7 @@ def _json_number(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def html_payload(result: InfluenceResult) -> dict[str, Any]:
+def html_payload(result: InfluenceData) -> dict[str, Any]:
     """The data embedded in the HTML page (JSON-serializable; non-finite values become null)."""
     layers = _available(result)
     return {
@@ -249,7 +264,7 @@ def _script_json(data: Any) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def _token_classes(result: InfluenceResult) -> list[list[str]]:
+def _token_classes(result: InfluenceData) -> list[list[str]]:
     classes: list[list[str]] = [[] for _ in result.tokens]
     for span in result.spans:
         name = "in-influence" if span.kind == "influence" else "in-emphasis"
@@ -258,7 +273,7 @@ def _token_classes(result: InfluenceResult) -> list[list[str]]:
     return classes
 
 
-def _token_markup(result: InfluenceResult) -> str:
+def _token_markup(result: InfluenceData) -> str:
     parts = []
     classes = _token_classes(result)
     for i, token in enumerate(result.tokens):
@@ -386,7 +401,7 @@ _JS = r"""
 """
 
 
-def influence_html(result: InfluenceResult, path: str | os.PathLike[str]) -> str:
+def influence_html(result: InfluenceData, path: str | os.PathLike[str]) -> str:
     """Save a self-contained token heatmap of every layer, viewable offline.
 
     Every token is a box colored by its value in the chosen layer (linear or log scale), with a
@@ -403,7 +418,7 @@ def influence_html(result: InfluenceResult, path: str | os.PathLike[str]) -> str
     payload = html_payload(result)
     layers = payload["layer_order"]
     if not layers:
-        raise GuideError("this influence result has no layers to show")
+        raise GuideValueError("this influence result has no layers to show")
     default = layers[-1]
     contiguous = layers == list(range(layers[0], layers[-1] + 1))
     options = "".join(

@@ -41,13 +41,12 @@ finds them all in a single linear scan.
 
 from __future__ import annotations
 
-import math
 import re
 import warnings
 from dataclasses import dataclass
 from typing import Literal
 
-from guide_engine.errors import TagError
+from .errors import GuideValueError, TagError, require_finite
 
 __all__ = ["MARKERS", "ParsedText", "Span", "escape_tags", "parse_tags", "strip_tags"]
 
@@ -98,15 +97,15 @@ class Span:
 
     def __post_init__(self) -> None:
         if not 0 <= self.start <= self.end:
-            raise ValueError(f"Span needs 0 <= start <= end, got start={self.start}, end={self.end}")
+            raise GuideValueError(f"Span needs 0 <= start <= end, got start={self.start}, end={self.end}")
         if self.end - self.start != len(self.text):
-            raise ValueError(
+            raise GuideValueError(
                 f"Span text has {len(self.text)} characters but start={self.start}, end={self.end}"
             )
         if self.kind not in _LEVELS:
-            raise ValueError(f"Span kind must be 'emphasis' or 'influence', got {self.kind!r}")
+            raise GuideValueError(f"Span kind must be 'emphasis' or 'influence', got {self.kind!r}")
         if self.level not in _LEVELS[self.kind]:
-            raise ValueError(
+            raise GuideValueError(
                 f"Span level for kind {self.kind!r} must be one of {_LEVELS[self.kind]}, got {self.level!r}"
             )
 
@@ -122,11 +121,11 @@ class Span:
             ``delta_influence`` for an influence span.
 
         Raises:
-            ValueError: If the bias that applies is not finite.
+            GuideValueError: If the bias that applies is not finite.
         """
         if self.kind == "influence":
-            return _finite(delta_influence, "delta_influence")
-        return _EMPHASIS_FACTOR[self.level] * _finite(delta_mid, "delta_mid")
+            return require_finite("delta_influence", delta_influence)
+        return _EMPHASIS_FACTOR[self.level] * require_finite("delta_mid", delta_mid)
 
 
 @dataclass(frozen=True)
@@ -274,9 +273,3 @@ def _tag_error(message: str, text: str, tag: str, position: int) -> TagError:
 def _check_str(text: object, caller: str) -> None:
     if not isinstance(text, str):
         raise TypeError(f"{caller}() expects a str, got {type(text).__name__}")
-
-
-def _finite(value: float, name: str) -> float:
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(value)

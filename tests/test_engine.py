@@ -166,10 +166,14 @@ def test_model_without_attention_interface_is_rejected(smol_tokenizer):
         def set_attn_implementation(self, name):
             raise AssertionError("must not be called")
 
+        @classmethod
+        def is_backend_compatible(cls):
+            return False
+
     with pytest.raises(ModelNotSupportedError, match="Legacy does not route attention through"):
         GuideEngine(Legacy(), smol_tokenizer)
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100))
-    if not getattr(gpt2, "_supports_attention_backend", False):
+    if not gpt2.is_backend_compatible():
         with pytest.raises(ModelNotSupportedError):
             GuideEngine(gpt2, smol_tokenizer)
     else:  # GPT-2 routes through AttentionInterface in this transformers: emphasis works, influence does not

@@ -9,7 +9,7 @@ import torch
 
 from guide_engine import GuideEngine, InfluenceResult
 from guide_engine.attention import GuideAttentionState
-from guide_engine.influence import InfluenceTracker, install_hooks
+from guide_engine.influence import InfluenceTracker, attach_hooks
 from tests.reference import REFERENCE, reference_influence, twin
 
 PROMPT = "Translate this. <?-> Answer in French. <-?> <!!-> Be brief. <-!!> What is the capital of Italy?"
@@ -75,7 +75,7 @@ def test_no_square_matrix_is_allocated(tiny, smol_tokenizer):
     (Sliding-window layers get the boolean mask stock SDPA builds too; only scores would be float.)
     """
     engine = GuideEngine(tiny, smol_tokenizer)
-    install_hooks(engine.model)
+    attach_hooks(engine.model)
     n = 300
     ids = torch.randint(3, 1000, (1, n))
     indicator = torch.zeros(1, n)

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from guide_engine.attention import build_state
+from guide_engine.errors import GuideValueError
 from guide_engine.influence import InfluenceTracker
 
 FRENCH_OPENING = "Voici un résumé"
@@ -60,13 +62,13 @@ def measure(engine: Any, prompt: str, delta: float, opening: list[int], metric: 
     encoded = engine.encode(prompt, delta_influence=delta)
     spans = [s for s in encoded.spans if s.kind == "influence"]
     if len(spans) != 1:
-        raise ValueError(f"the prompt needs exactly one <?-> span, found {len(spans)}")
-    options = engine._options(delta_influence=delta, metric=metric)
+        raise GuideValueError(f"the prompt needs exactly one <?-> span, found {len(spans)}")
+    options = engine.request_options(delta_influence=delta, metric=metric)
     n, m = len(encoded.input_ids), len(opening)
     ids = torch.tensor([list(encoded.input_ids) + opening], device=engine.model.device)  # (1, n + m)
     indicator = torch.tensor([list(encoded.influence_mask) + [False] * m], dtype=torch.float32)
     tracker = InfluenceTracker(indicator.to(engine.model.device), metric)
-    state = engine._state([encoded], options, n, influence=tracker)
+    state = build_state([encoded], options, n, engine.model.device, influence=tracker)
     out = engine.model(input_ids=ids, use_cache=False, logits_to_keep=m + 1, guide=state)
     logits = out.logits[0, :m].float()  # (m, vocab): positions n-1 … n+m-2 predict the opening
     logprob = torch.log_softmax(logits, dim=-1).gather(1, torch.tensor(opening, device=logits.device)[:, None])

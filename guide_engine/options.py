@@ -1,0 +1,187 @@
+"""Request options: their names, their defaults, and the one validator every entry point uses.
+
+The engine, the pipeline, the CLI and both integrations take the same option names (see
+:data:`REQUEST_OPTIONS`); each value is checked here, once, and a bad one raises a
+:class:`~guide_engine.errors.GuideValueError` that names it and what is allowed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+from .errors import GuideValueError, require_finite
+
+__all__ = [
+    "METRICS",
+    "REQUEST_OPTIONS",
+    "EngineDefaults",
+    "FinishReason",
+    "Layers",
+    "Metric",
+    "RequestOptions",
+    "SamplingConfig",
+    "check_heads",
+    "check_layers",
+    "check_metric",
+    "check_positive_int",
+    "request_options",
+]
+
+Metric = Literal["influence", "attention_rollout"]
+METRICS: tuple[str, ...] = get_args(Metric)
+"""The measurements a request may ask for with ``metric=``."""
+
+FinishReason = Literal["stop", "length"]
+Layers = Literal["all"] | Sequence[int]
+
+REQUEST_OPTIONS = (
+    "max_new_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "stop",
+    "delta_mid",
+    "delta_influence",
+    "layers",
+    "heads",
+    "metric",
+)
+"""Keyword arguments of ``GuideEngine.generate``, ``stream`` and ``generate_batch``."""
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How the next token is chosen. ``temperature == 0`` means greedy."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        """Whether the most likely token is always taken."""
+        return self.temperature == 0.0
+
+
+@dataclass(frozen=True)
+class RequestOptions:
+    """Validated settings of one request (unset ones filled from :class:`EngineDefaults`)."""
+
+    max_new_tokens: int
+    sampling: SamplingConfig
+    stop: tuple[str, ...]
+    delta_mid: float
+    delta_influence: float
+    layers: frozenset[int] | None
+    heads: tuple[int, ...] | None
+    metric: Metric | None
+
+
+@dataclass(frozen=True)
+class EngineDefaults:
+    """What a request gets when it does not say, and the model's sizes to check indices against.
+
+    Attributes:
+        num_layers: decoder layers of the model.
+        num_heads: query heads per layer.
+        delta_mid: Δ of level-2 emphasis.
+        layers: biased layers (``None``: all).
+        heads: biased query heads (``None``: all).
+        max_new_tokens: generation length.
+    """
+
+    num_layers: int
+    num_heads: int
+    delta_mid: float = 1.0
+    layers: frozenset[int] | None = None
+    heads: tuple[int, ...] | None = None
+    max_new_tokens: int = 256
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    """``value`` if it is an ``int`` ≥ 1, else a :class:`GuideValueError` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise GuideValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def check_metric(metric: Any) -> Metric | None:
+    """``metric`` if it is one of :data:`METRICS` or ``None``."""
+    if metric is not None and metric not in METRICS:
+        raise GuideValueError(f"metric must be one of {METRICS} or None, got {metric!r}")
+    return metric
+
+
+def check_layers(layers: Layers, num_layers: int) -> frozenset[int] | None:
+    """``"all"`` → ``None``; a list of (possibly negative) indices → the set of layer indices."""
+    if isinstance(layers, str):
+        if layers != "all":
+            raise GuideValueError(f"layers must be 'all' or a list of layer indices, got {layers!r}")
+        return None
+    chosen = set()
+    for layer in layers:
+        if isinstance(layer, bool) or not isinstance(layer, int) or not -num_layers <= layer < num_layers:
+            raise GuideValueError(f"layer {layer!r} is out of range: this model has layers 0..{num_layers - 1}")
+        chosen.add(layer % num_layers)
+    return frozenset(chosen)
+
+
+def check_heads(heads: Sequence[int] | None, num_heads: int) -> tuple[int, ...] | None:
+    """``None`` (all heads) or the sorted query-head indices."""
+    if heads is None:
+        return None
+    for head in heads:
+        if isinstance(head, bool) or not isinstance(head, int) or not 0 <= head < num_heads:
+            raise GuideValueError(f"head {head!r} is out of range: this model has query heads 0..{num_heads - 1}")
+    return tuple(sorted(set(heads)))
+
+
+def _check_stop(stop: Any) -> tuple[str, ...]:
+    stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
+    if any(not isinstance(s, str) or not s for s in stops):
+        raise GuideValueError(f"stop must be a non-empty string or a list of them, got {stop!r}")
+    return stops
+
+
+def request_options(defaults: EngineDefaults, **options: Any) -> RequestOptions:
+    """Check one request's options and fill in the defaults.
+
+    Args:
+        defaults: the engine's defaults and model sizes.
+        **options: any of :data:`REQUEST_OPTIONS`; ``None`` means "the default".
+
+    Raises:
+        GuideValueError: for an unknown option or a bad value (the message names both).
+    """
+    unknown = sorted(set(options) - set(REQUEST_OPTIONS))
+    if unknown:
+        raise GuideValueError(
+            f"unknown option(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(REQUEST_OPTIONS)}"
+        )
+    given = {name: value for name, value in options.items() if value is not None}
+    temperature = require_finite("temperature", given.get("temperature", 0.0))
+    if temperature < 0:
+        raise GuideValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    top_p = require_finite("top_p", given.get("top_p", 1.0))
+    if not 0 < top_p <= 1:
+        raise GuideValueError(f"top_p must be in (0, 1], got {top_p}")
+    top_k = given.get("top_k", 0)
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise GuideValueError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
+    seed = given.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise GuideValueError(f"seed must be an integer or None, got {seed!r}")
+    return RequestOptions(
+        max_new_tokens=check_positive_int("max_new_tokens", given.get("max_new_tokens", defaults.max_new_tokens)),
+        sampling=SamplingConfig(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed),
+        stop=_check_stop(given.get("stop")),
+        delta_mid=require_finite("delta_mid", given.get("delta_mid", defaults.delta_mid)),
+        delta_influence=require_finite("delta_influence", given.get("delta_influence", 0.0)),
+        layers=check_layers(given["layers"], defaults.num_layers) if "layers" in given else defaults.layers,
+        heads=check_heads(given["heads"], defaults.num_heads) if "heads" in given else defaults.heads,
+        metric=check_metric(given.get("metric")),
+    )

@@ -1,0 +1,126 @@
+"""The shape of the code, checked: imports flow one way, no reaching into private names, no asserts.
+
+These read the source (``ast``), so they fail the moment someone adds an upward import, even one
+inside a function or under ``TYPE_CHECKING``.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ENGINE = ROOT / "guide_engine"
+INTEGRATIONS = ROOT / "guide_integrations"
+
+LAYERS = [
+    "errors",
+    "tags",
+    "alignment",
+    "options",
+    "plots",
+    "attention",
+    "influence",
+    "decoding",
+    "loading",
+    "engine",
+    "registry",
+    "pipeline",
+    "cli",
+]
+"""guide_engine's modules, lowest first: each may import only modules before it.
+
+``plots`` is a leaf (it draws anything shaped like an Influence result, see
+``plots.InfluenceData``), so it sits low and ``InfluenceResult.plot`` can call it.
+"""
+
+
+def library_files() -> list[Path]:
+    return sorted([*ENGINE.rglob("*.py"), *INTEGRATIONS.rglob("*.py")])
+
+
+def engine_imports(path: Path) -> set[str]:
+    """guide_engine modules imported anywhere in ``path`` (top level, functions, TYPE_CHECKING)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 1 and path.parent == ENGINE:
+                if node.module:
+                    found.add(node.module.split(".")[0])
+                else:
+                    found.update(alias.name for alias in node.names)
+            elif node.module and node.module.startswith("guide_engine."):
+                found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("guide_engine."))
+    return found
+
+
+def test_every_engine_module_has_a_layer():
+    modules = {p.stem for p in ENGINE.glob("*.py")} - {"__init__"}
+    assert modules == set(LAYERS), "add new modules to LAYERS (and the docs' architecture page)"
+
+
+@pytest.mark.parametrize("module", LAYERS)
+def test_engine_modules_import_only_lower_layers(module):
+    allowed = set(LAYERS[: LAYERS.index(module)])
+    upward = engine_imports(ENGINE / f"{module}.py") - allowed
+    assert not upward, f"guide_engine.{module} imports {sorted(upward)}, which are not below it"
+
+
+def test_the_engine_never_imports_the_integrations_or_their_frameworks():
+    for path in ENGINE.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            bad = [n for n in names if n.split(".")[0] in ("guide_integrations", "langchain_core", "llama_index")]
+            assert not bad, f"{path.name} imports {bad}"
+
+
+def private_reaches(path: Path) -> list[str]:
+    """``obj._name`` on anything but ``self``/``cls``/``super()``, and ``from x import _name``, in one file.
+
+    ``super()._hook(...)`` is allowed: it is how a subclass extends the hooks a framework's base
+    class is made to have overridden (transformers' ``Pipeline._forward``, LlamaIndex's ``_get_prompt``).
+    """
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            owner = node.value
+            via_super = isinstance(owner, ast.Call) and isinstance(owner.func, ast.Name) and owner.func.id == "super"
+            if not via_super and not (isinstance(owner, ast.Name) and owner.id in ("self", "cls")):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno} .{node.attr}")
+        if isinstance(node, ast.ImportFrom):
+            found += [
+                f"{path.relative_to(ROOT)}:{node.lineno} import {a.name}"
+                for a in node.names
+                if a.name.startswith("_") and not a.name.startswith("__")
+            ]
+    return found
+
+
+def test_no_module_reaches_into_private_names():
+    reaches = [r for path in library_files() for r in private_reaches(path)]
+    assert not reaches, "private names used from outside their object or module:\n" + "\n".join(reaches)
+
+
+def test_library_code_has_no_assert_statements():
+    """``assert`` vanishes under ``python -O``: library code raises real errors instead."""
+    asserts = [
+        f"{path.relative_to(ROOT)}:{node.lineno}"
+        for path in library_files()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Assert)
+    ]
+    assert not asserts, f"assert statements in library code: {asserts}"
+
+
+def test_importing_the_engine_loads_no_optional_dependency():
+    code = "import sys, guide_engine; print(sorted(m for m in ('matplotlib', 'typer', 'rich', 'gguf') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
