@@ -293,19 +293,24 @@ class CountingEngine(GuideEngine):
 
 
 class Recorder(BaseCallbackHandler):
-    """Counts run starts, ends and errors."""
+    """Records run starts, ends and errors, in order and per run."""
 
     def __init__(self) -> None:
         self.events: list[str] = []
+        self.runs: dict[Any, list[str]] = {}
 
-    def on_chat_model_start(self, *args: Any, **kwargs: Any) -> None:
-        self.events.append("start")
+    def _record(self, event: str, run_id: Any) -> None:
+        self.events.append(event)
+        self.runs.setdefault(run_id, []).append(event)
 
-    def on_llm_end(self, *args: Any, **kwargs: Any) -> None:
-        self.events.append("end")
+    def on_chat_model_start(self, *args: Any, run_id: Any = None, **kwargs: Any) -> None:
+        self._record("start", run_id)
 
-    def on_llm_error(self, *args: Any, **kwargs: Any) -> None:
-        self.events.append("error")
+    def on_llm_end(self, *args: Any, run_id: Any = None, **kwargs: Any) -> None:
+        self._record("end", run_id)
+
+    def on_llm_error(self, *args: Any, run_id: Any = None, **kwargs: Any) -> None:
+        self._record("error", run_id)
 
 
 @real_model
@@ -393,7 +398,8 @@ async def test_batch_is_one_engine_batch_equal_to_one_by_one(real_engine: GuideE
     recorder = Recorder()
     assert [m.content for m in llm.batch(inputs, config={"callbacks": [recorder]})] == one_by_one
     assert spy.batches == [3]
-    assert recorder.events == ["start"] * 3 + ["end"] * 3  # one run per input
+    # One run per input, each started then ended (LangChain runs the inputs concurrently, in any order).
+    assert list(recorder.runs.values()) == [["start", "end"]] * 3
     assert [m.content for m in await llm.abatch(inputs)] == one_by_one
     assert spy.batches == [3, 3]
     assert [m.content for m in llm.batch(inputs, config={"max_concurrency": 2})] == one_by_one
