@@ -6,6 +6,7 @@ SDPA: absolute times on a shared 2-core machine are noise, ratios measured side 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -51,10 +52,8 @@ class BenchPrompt:
 def set_threads(threads: int) -> None:
     """Pin torch's intra-op threads (and one inter-op thread) so every variant runs alike."""
     torch.set_num_threads(threads)
-    try:
+    with contextlib.suppress(RuntimeError):  # already set once in this process
         torch.set_num_interop_threads(1)
-    except RuntimeError:  # already set once in this process
-        pass
 
 
 def source_text() -> str:
@@ -216,7 +215,10 @@ def machine_info(threads: int) -> dict[str, Any]:
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A GitHub Markdown table (numbers already formatted by the caller)."""
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(" ---: " if i else " --- " for i in range(len(headers))) + "|"]
+    lines = [
+        "| " + " | ".join(headers) + " |",
+        "|" + "|".join(" ---: " if i else " --- " for i in range(len(headers))) + "|",
+    ]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
 

@@ -27,7 +27,17 @@ import sys
 from typing import Any
 
 import torch
-from common import BenchPrompt, PeakRSS, build_prompt, machine_info, markdown_table, median, set_threads, timed, write_report
+from common import (
+    BenchPrompt,
+    PeakRSS,
+    build_prompt,
+    machine_info,
+    markdown_table,
+    median,
+    set_threads,
+    timed,
+    write_report,
+)
 
 from guide_engine.attention import GuideAttentionState
 from guide_engine.influence import InfluenceTracker, attach_hooks, compute_influence
@@ -81,7 +91,9 @@ def tracker_pass(model: torch.nn.Module, ids: torch.Tensor, indicator: torch.Ten
 
 def engine_pass(engine: Any, prompt: Any) -> Any:
     """The engine's own Influence pass over a prompt (no generated tokens)."""
-    return compute_influence(engine.model, engine.tokenizer, prompt.encoded, [], engine.request_options(metric="influence"))
+    return compute_influence(
+        engine.model, engine.tokenizer, prompt.encoded, [], engine.request_options(metric="influence")
+    )
 
 
 # ------------------------------------------------------------------------------------ worker
@@ -95,7 +107,10 @@ def worker(model_name: str, mode: str, length: int, threads: int) -> dict[str, A
 
         engine = GuideEngine.from_pretrained()
         model, layers = engine.model, engine.num_layers
-        prompt, warm = build_prompt(engine, length, tag="influence", follow=0), build_prompt(engine, 64, tag="influence", follow=0)
+        prompt, warm = (
+            build_prompt(engine, length, tag="influence", follow=0),
+            build_prompt(engine, 64, tag="influence", follow=0),
+        )
         run = {"plain": lambda p: plain_pass(model, p.input_ids), "influence": lambda p: engine_pass(engine, p)}[mode]
     else:
         model, layers = tiny_model(), TINY["num_hidden_layers"]
@@ -159,34 +174,49 @@ def time_engine(lengths: list[int], repeats: int, long_repeats: int | None, long
             for mode in order:
                 gc.collect()
                 if mode == "plain":
-                    timing, _ = timed(lambda: plain_pass(model, prompt.input_ids))
+                    timing, _ = timed(lambda prompt=prompt: plain_pass(model, prompt.input_ids))
                 else:
-                    timing, result = timed(lambda: engine_pass(engine, prompt))
+                    timing, result = timed(lambda prompt=prompt: engine_pass(engine, prompt))
                     if len(result) != engine.num_layers + 1:
                         raise RuntimeError(f"influence result has {len(result)} layers")
                 times[mode]["wall"].append(timing.wall)
                 times[mode]["cpu"].append(timing.cpu)
-                print(f"  n={length} rep {rep + 1}/{count} {mode:9s} {timing.wall:.3f} s (cpu {timing.cpu:.3f} s)", flush=True)
+                print(
+                    f"  n={length} rep {rep + 1}/{count} {mode:9s} {timing.wall:.3f} s (cpu {timing.cpu:.3f} s)",
+                    flush=True,
+                )
         row: dict[str, Any] = {"length": length, "repeats": count, "raw": times}
         for clock in ("wall", "cpu"):
             plain, influence = median(times["plain"][clock]), median(times["influence"][clock])
             row[clock] = {"plain_s": plain, "influence_s": influence, "ratio": influence / plain}
         row["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
         rows.append(row)
-        print(f"n={length}: plain {row['wall']['plain_s']:.3f} s, influence {row['wall']['influence_s']:.3f} s, "
-              f"ratio {row['wall']['ratio']:.3f} (cpu-time ratio {row['cpu']['ratio']:.3f}); load {row['load_average_after']}",
-              flush=True)
+        print(
+            f"n={length}: plain {row['wall']['plain_s']:.3f} s, influence {row['wall']['influence_s']:.3f} s, "
+            f"ratio {row['wall']['ratio']:.3f} (cpu-time ratio {row['cpu']['ratio']:.3f}); "
+            f"load {row['load_average_after']}",
+            flush=True,
+        )
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 8192], help="embedded-model lengths")
-    parser.add_argument("--tiny-lengths", type=int, nargs="*", default=[8192, 16384, 32768, 65536],
-                        help="tiny-model lengths for the memory line (none to skip)")
+    parser.add_argument(
+        "--tiny-lengths",
+        type=int,
+        nargs="*",
+        default=[8192, 16384, 32768, 65536],
+        help="tiny-model lengths for the memory line (none to skip)",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="timing repetitions per length (median reported)")
-    parser.add_argument("--long-repeats", type=int, default=None,
-                        help="timing repetitions for lengths >= --long-from (default: --repeats)")
+    parser.add_argument(
+        "--long-repeats",
+        type=int,
+        default=None,
+        help="timing repetitions for lengths >= --long-from (default: --repeats)",
+    )
     parser.add_argument("--long-from", type=int, default=8192, help="where --long-repeats starts")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--skip-timing", action="store_true", help="only the memory measurements")
@@ -203,8 +233,10 @@ def main(argv: list[str] | None = None) -> int:
 
     set_threads(args.threads)
     info = machine_info(args.threads)
-    print(f"# Influence cost — {info['date']}, {info['cpu']}, torch {info['torch']}, "
-          f"transformers {info['transformers']}, {args.threads} torch threads, load {info['load_average_at_start']}")
+    print(
+        f"# Influence cost — {info['date']}, {info['cpu']}, torch {info['torch']}, "
+        f"transformers {info['transformers']}, {args.threads} torch threads, load {info['load_average_at_start']}"
+    )
     data: dict[str, Any] = {"machine": info, "args": vars(args)}
     sections = []
 
@@ -212,11 +244,29 @@ def main(argv: list[str] | None = None) -> int:
         rows = time_engine(args.lengths, args.repeats, args.long_repeats, args.long_from)
         data["timing"] = rows
         table = markdown_table(
-            ["tokens", "reps", "plain forward s", "influence pass s", "influence / plain",
-             "plain CPU s", "influence CPU s", "CPU-time ratio"],
-            [[r["length"], r["repeats"], f"{r['wall']['plain_s']:.3f}", f"{r['wall']['influence_s']:.3f}",
-              f"{r['wall']['ratio']:.3f}", f"{r['cpu']['plain_s']:.3f}", f"{r['cpu']['influence_s']:.3f}",
-              f"{r['cpu']['ratio']:.3f}"] for r in rows],
+            [
+                "tokens",
+                "reps",
+                "plain forward s",
+                "influence pass s",
+                "influence / plain",
+                "plain CPU s",
+                "influence CPU s",
+                "CPU-time ratio",
+            ],
+            [
+                [
+                    r["length"],
+                    r["repeats"],
+                    f"{r['wall']['plain_s']:.3f}",
+                    f"{r['wall']['influence_s']:.3f}",
+                    f"{r['wall']['ratio']:.3f}",
+                    f"{r['cpu']['plain_s']:.3f}",
+                    f"{r['cpu']['influence_s']:.3f}",
+                    f"{r['cpu']['ratio']:.3f}",
+                ]
+                for r in rows
+            ],
         )
         sections.append("Time, embedded model (medians, same run, interleaved):\n\n" + table)
         print("\n" + sections[-1] + "\n")
@@ -229,23 +279,44 @@ def main(argv: list[str] | None = None) -> int:
                 for mode in ("plain", "influence"):
                     result = measure_in_subprocess(model_name, mode, length, args.threads, args.timeout)
                     row[mode] = result
-                    print(f"  {model_name} n={length} {mode:9s}: peak +{result['peak_above_mib']:.0f} MiB "
-                          f"over {result['baseline_mib']:.0f} MiB ({result['seconds']:.2f} s, {result['method']})", flush=True)
+                    print(
+                        f"  {model_name} n={length} {mode:9s}: peak +{result['peak_above_mib']:.0f} MiB "
+                        f"over {result['baseline_mib']:.0f} MiB ({result['seconds']:.2f} s, {result['method']})",
+                        flush=True,
+                    )
                 row["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
                 row["reference_maps_bytes"] = reference_maps_bytes(row["plain"]["layers"], length)
                 memory.append(row)
         data["memory"] = memory
-        for model_name, title in (("embedded", "embedded model (30 layers)"), ("tiny", "tiny random Llama (hidden 64, 2 layers, GQA)")):
+        for model_name, title in (
+            ("embedded", "embedded model (30 layers)"),
+            ("tiny", "tiny random Llama (hidden 64, 2 layers, GQA)"),
+        ):
             rows = [r for r in memory if r["model"] == model_name]
             if not rows:
                 continue
             table = markdown_table(
-                ["tokens", "plain: peak above model MiB", "influence: peak above model MiB", "influence MiB per 1k tokens",
-                 "reference maps alone (L·n²·4) MiB", "plain s", "influence s"],
-                [[r["length"], f"{r['plain']['peak_above_mib']:.0f}", f"{r['influence']['peak_above_mib']:.0f}",
-                  f"{r['influence']['peak_above_mib'] / r['length'] * 1000:.1f}",
-                  f"{r['reference_maps_bytes'] / 2**20:,.0f}",
-                  f"{r['plain']['seconds']:.2f}", f"{r['influence']['seconds']:.2f}"] for r in rows],
+                [
+                    "tokens",
+                    "plain: peak above model MiB",
+                    "influence: peak above model MiB",
+                    "influence MiB per 1k tokens",
+                    "reference maps alone (L·n²·4) MiB",
+                    "plain s",
+                    "influence s",
+                ],
+                [
+                    [
+                        r["length"],
+                        f"{r['plain']['peak_above_mib']:.0f}",
+                        f"{r['influence']['peak_above_mib']:.0f}",
+                        f"{r['influence']['peak_above_mib'] / r['length'] * 1000:.1f}",
+                        f"{r['reference_maps_bytes'] / 2**20:,.0f}",
+                        f"{r['plain']['seconds']:.2f}",
+                        f"{r['influence']['seconds']:.2f}",
+                    ]
+                    for r in rows
+                ],
             )
             sections.append(f"Peak memory, {title} (fresh process per cell):\n\n" + table)
             print("\n" + sections[-1] + "\n")

@@ -57,7 +57,9 @@ def dense_bias_attention(
     if dense_bias is not None:
         bias = dense_bias[:, None, None, : key.shape[2]].to(query.dtype)  # (batch, 1, 1, kv_len)
         attention_mask = bias if attention_mask is None else attention_mask + bias  # (batch, 1, q_len, kv_len)
-    return eager_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+    return eager_attention_forward(
+        module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+    )
 
 
 AttentionInterface.register(DENSE, dense_bias_attention)
@@ -88,7 +90,9 @@ def run_variant(model: torch.nn.Module, prompt: BenchPrompt, kwargs: dict[str, A
     n = ids.shape[1]
     cache = DynamicCache(config=model.config)
     prefill, out = timed(
-        lambda: model(input_ids=ids, position_ids=torch.arange(n)[None], cache=cache, use_cache=True, logits_to_keep=1, **kwargs)
+        lambda: model(
+            input_ids=ids, position_ids=torch.arange(n)[None], cache=cache, use_cache=True, logits_to_keep=1, **kwargs
+        )
     )
     logits = [out.logits[0, -1].clone()]
     step_times = []
@@ -96,12 +100,17 @@ def run_variant(model: torch.nn.Module, prompt: BenchPrompt, kwargs: dict[str, A
         step = torch.tensor([[token]])
         timing, out = timed(
             lambda step=step, i=i: model(
-                input_ids=step, position_ids=torch.tensor([[n + i]]), cache=cache, use_cache=True, logits_to_keep=1, **kwargs
+                input_ids=step,
+                position_ids=torch.tensor([[n + i]]),
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+                **kwargs,
             )
         )
         step_times.append(timing)
         logits.append(out.logits[0, -1].clone())
-    del cache, out
+    cache = out = None  # free this variant's cache before the next one runs
     result: dict[str, Any] = {"logits": torch.stack(logits)}
     for clock in CLOCKS:
         result[f"prefill_{clock}"] = getattr(prefill, clock)
@@ -128,20 +137,40 @@ CLOCK_TITLES = {"wall": "Wall clock (medians)", "cpu": "Process CPU time (median
 
 def ratio_table(rows: list[dict[str, Any]], clock: str) -> str:
     """Medians (ms) and ratios to stock SDPA, for one clock."""
-    headers = ["tokens", "reps", "prefill (a) ms", "prefill (b) ms", "prefill (c) ms", "prefill b/a", "prefill c/a",
-               "step (a) ms", "step (b) ms", "step (c) ms", "step b/a", "step c/a", "max abs b−c", "max abs a−b"]
+    headers = [
+        "tokens",
+        "reps",
+        "prefill (a) ms",
+        "prefill (b) ms",
+        "prefill (c) ms",
+        "prefill b/a",
+        "prefill c/a",
+        "step (a) ms",
+        "step (b) ms",
+        "step (c) ms",
+        "step b/a",
+        "step c/a",
+        "max abs b−c",
+        "max abs a−b",
+    ]
     table = []
     for row in rows:
         m = row["median"]
         p, st = f"prefill_{clock}", f"step_{clock}"
-        table.append([
-            row["length"], row["repeats"],
-            *(fmt_ms(m[v][p]) for v in VARIANTS),
-            f"{m['guide'][p] / m['sdpa'][p]:.3f}", f"{m['dense'][p] / m['sdpa'][p]:.3f}",
-            *(fmt_ms(m[v][st]) for v in VARIANTS),
-            f"{m['guide'][st] / m['sdpa'][st]:.3f}", f"{m['dense'][st] / m['sdpa'][st]:.3f}",
-            f"{row['max_abs_b_minus_c']:.1e}", f"{row['max_abs_a_minus_b']:.1e}",
-        ])
+        table.append(
+            [
+                row["length"],
+                row["repeats"],
+                *(fmt_ms(m[v][p]) for v in VARIANTS),
+                f"{m['guide'][p] / m['sdpa'][p]:.3f}",
+                f"{m['dense'][p] / m['sdpa'][p]:.3f}",
+                *(fmt_ms(m[v][st]) for v in VARIANTS),
+                f"{m['guide'][st] / m['sdpa'][st]:.3f}",
+                f"{m['dense'][st] / m['sdpa'][st]:.3f}",
+                f"{row['max_abs_b_minus_c']:.1e}",
+                f"{row['max_abs_a_minus_b']:.1e}",
+            ]
+        )
     return markdown_table(headers, table)
 
 
@@ -161,8 +190,10 @@ def main(argv: list[str] | None = None) -> int:
 
     set_threads(args.threads)
     info = machine_info(args.threads)
-    print(f"# GUIDE overhead — {info['date']}, {info['cpu']}, torch {info['torch']}, "
-          f"transformers {info['transformers']}, {args.threads} torch threads, load {info['load_average_at_start']}")
+    print(
+        f"# GUIDE overhead — {info['date']}, {info['cpu']}, torch {info['torch']}, "
+        f"transformers {info['transformers']}, {args.threads} torch threads, load {info['load_average_at_start']}"
+    )
     engine = GuideEngine.from_pretrained()  # embedded SmolLM2-135M-Instruct, fp32 on the CPU
     model = engine.model
     print(f"model: {type(model).__name__}, {engine.num_layers} layers, dtype {model.dtype}")
@@ -188,9 +219,12 @@ def main(argv: list[str] | None = None) -> int:
                 for measure in MEASURES:
                     times[variant][measure].append(result[measure])
                 logits[variant] = result.pop("logits")
-                print(f"  n={length} rep {rep + 1}/{repeats} {variant:5s} prefill {fmt_ms(result['prefill_wall'])} ms "
-                      f"(cpu {fmt_ms(result['prefill_cpu'])}), step {fmt_ms(result['step_wall'])} ms "
-                      f"(cpu {fmt_ms(result['step_cpu'])})", flush=True)
+                print(
+                    f"  n={length} rep {rep + 1}/{repeats} {variant:5s} prefill {fmt_ms(result['prefill_wall'])} ms "
+                    f"(cpu {fmt_ms(result['prefill_cpu'])}), step {fmt_ms(result['step_wall'])} ms "
+                    f"(cpu {fmt_ms(result['step_cpu'])})",
+                    flush=True,
+                )
             check = {
                 "length": length,
                 "repetition": rep,
@@ -202,13 +236,28 @@ def main(argv: list[str] | None = None) -> int:
         med = {v: {k: median(t) for k, t in times[v].items()} for v in VARIANTS}
         worst = max(c["max_abs_b_minus_c"] for c in checks if c["length"] == length)
         effect = max(c["max_abs_a_minus_b"] for c in checks if c["length"] == length)
-        rows.append({"length": length, "repeats": repeats, "span": list(prompt.span), "median": med,
-                     "raw": times, "max_abs_b_minus_c": worst, "max_abs_a_minus_b": effect,
-                     "load_average_after": [round(x, 2) for x in os.getloadavg()]})
-        ratio = {v: (med[v]["prefill_wall"] / med["sdpa"]["prefill_wall"], med[v]["step_wall"] / med["sdpa"]["step_wall"]) for v in VARIANTS}
-        print(f"n={length}: prefill b/a {ratio['guide'][0]:.3f}, c/a {ratio['dense'][0]:.3f}; "
-              f"step b/a {ratio['guide'][1]:.3f}, c/a {ratio['dense'][1]:.3f}; "
-              f"|b-c| {worst:.2e}, |a-b| {effect:.2e}; load {rows[-1]['load_average_after']}", flush=True)
+        rows.append(
+            {
+                "length": length,
+                "repeats": repeats,
+                "span": list(prompt.span),
+                "median": med,
+                "raw": times,
+                "max_abs_b_minus_c": worst,
+                "max_abs_a_minus_b": effect,
+                "load_average_after": [round(x, 2) for x in os.getloadavg()],
+            }
+        )
+        ratio = {
+            v: (med[v]["prefill_wall"] / med["sdpa"]["prefill_wall"], med[v]["step_wall"] / med["sdpa"]["step_wall"])
+            for v in VARIANTS
+        }
+        print(
+            f"n={length}: prefill b/a {ratio['guide'][0]:.3f}, c/a {ratio['dense'][0]:.3f}; "
+            f"step b/a {ratio['guide'][1]:.3f}, c/a {ratio['dense'][1]:.3f}; "
+            f"|b-c| {worst:.2e}, |a-b| {effect:.2e}; load {rows[-1]['load_average_after']}",
+            flush=True,
+        )
         set_variant(model, "guide")
 
     markdown = "\n\n".join(f"{CLOCK_TITLES[clock]}:\n\n" + ratio_table(rows, clock) for clock in CLOCKS)
@@ -216,8 +265,15 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(markdown)
     print(f"\n(b) = (c) within {args.tolerance:g}: {'yes' if ok else 'NO'}; Δ = 0 check {zero_diff:.1e}")
-    data = {"machine": info, "args": vars(args), "zero_delta_max_abs_diff": zero_diff, "rows": rows, "checks": checks,
-            "labels": LABELS, "equal_within_tolerance": ok}
+    data = {
+        "machine": info,
+        "args": vars(args),
+        "zero_delta_max_abs_diff": zero_diff,
+        "rows": rows,
+        "checks": checks,
+        "labels": LABELS,
+        "equal_within_tolerance": ok,
+    }
     write_report(args.out, data, markdown)
     return 0 if ok else 1
 

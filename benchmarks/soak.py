@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import threading
 import time
 
@@ -78,8 +77,18 @@ def main() -> None:
         if (i + 1) % args.every == 0:
             gc.collect()
             rss = process.memory_info().rss / 2**20
-            curve.append({"requests": i + 1, "rss_mib": round(rss, 1), "threads": threading.active_count(), "fds": process.num_fds()})
-            print(f"{i + 1:5d} requests  rss {rss:8.1f} MiB  threads {curve[-1]['threads']}  fds {curve[-1]['fds']}", flush=True)
+            curve.append(
+                {
+                    "requests": i + 1,
+                    "rss_mib": round(rss, 1),
+                    "threads": threading.active_count(),
+                    "fds": process.num_fds(),
+                }
+            )
+            print(
+                f"{i + 1:5d} requests  rss {rss:8.1f} MiB  threads {curve[-1]['threads']}  fds {curve[-1]['fds']}",
+                flush=True,
+            )
     elapsed = time.perf_counter() - started
     warm = curve[len(curve) // 5]["rss_mib"] if curve else 0.0
     report = {

@@ -10,13 +10,13 @@ from __future__ import annotations
 import bisect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from .errors import GuideValueError, ModelNotSupportedError
 from .tags import Span, parse_tags
 
 Message = Mapping[str, Any]
-Prompt = Union[str, Sequence[Message]]
+Prompt = str | Sequence[Message]
 
 
 @dataclass(frozen=True)
@@ -86,9 +86,7 @@ def normalize_prompt(prompt: Prompt) -> list[dict[str, Any]] | str:
         if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
             raise GuideValueError(f"message {i} must be a mapping with 'role' and 'content', got {message!r:.80}")
         if not isinstance(message["content"], str):
-            raise GuideValueError(
-                f"message {i} content must be a string, got {type(message['content']).__name__}"
-            )
+            raise GuideValueError(f"message {i} content must be a string, got {type(message['content']).__name__}")
         messages.append(dict(message))
     return messages
 
@@ -126,11 +124,13 @@ def _locate_contents(tokenizer: Any, messages: list[dict[str, Any]], rendered: s
     return offsets
 
 
-def _char_spans(prompt: list[dict[str, Any]] | str, tokenizer: Any) -> tuple[str, bool, list[tuple[int, int, Span, int | None]]]:
+def _char_spans(
+    prompt: list[dict[str, Any]] | str, tokenizer: Any
+) -> tuple[str, bool, list[tuple[int, int, Span, int | None]]]:
     """Render the prompt; return the text, whether to add special tokens, and absolute span ranges."""
     if isinstance(prompt, str) and not getattr(tokenizer, "chat_template", None):
-        parsed = parse_tags(prompt)
-        return parsed.text, True, [(s.start, s.end, s, None) for s in parsed.spans]
+        plain = parse_tags(prompt)
+        return plain.text, True, [(s.start, s.end, s, None) for s in plain.spans]
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
     if not getattr(tokenizer, "chat_template", None):
         raise GuideValueError("a list of messages needs a tokenizer with a chat template; pass a plain string instead")
@@ -145,9 +145,7 @@ def _char_spans(prompt: list[dict[str, Any]] | str, tokenizer: Any) -> tuple[str
     return rendered, False, spans
 
 
-def encode_prompt(
-    prompt: Prompt, tokenizer: Any, *, delta_mid: float, delta_influence: float = 0.0
-) -> EncodedPrompt:
+def encode_prompt(prompt: Prompt, tokenizer: Any, *, delta_mid: float, delta_influence: float = 0.0) -> EncodedPrompt:
     """Tokenize a tagged prompt and assign each token its Δ.
 
     Args:

@@ -54,11 +54,11 @@ MAX_ABS_BIAS = 1000.0
 class InfluenceColumn(Protocol):
     """What the attention function needs from an influence tracker (see :mod:`guide_engine.influence`)."""
 
-    def value_column(self, layer_idx: int, kv_len: int, value: torch.Tensor) -> torch.Tensor:
+    def value_column(self, layer_idx: int | None, kv_len: int, value: torch.Tensor) -> torch.Tensor:
         """I⁽ℓ⁻¹⁾ as an extra value column, ``(batch, kv_heads, kv_len, 1)``."""
         ...
 
-    def record_attention_product(self, layer_idx: int, per_head: torch.Tensor) -> None:
+    def record_attention_product(self, layer_idx: int | None, per_head: torch.Tensor) -> None:
         """Receive Ā I from the kernel's extra output column, ``(batch, q_len, heads)``."""
         ...
 
@@ -174,7 +174,7 @@ def guide_attention_forward(
     layer_idx = getattr(module, "layer_idx", None)
     prompt_bias = guide.bias_for_layer(layer_idx) if guide is not None else None
     tracker = guide.influence if guide is not None else None
-    if prompt_bias is None and tracker is None:
+    if guide is None or (prompt_bias is None and tracker is None):
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
 
     batch, num_heads, q_len, head_dim = query.shape
@@ -186,7 +186,7 @@ def guide_attention_forward(
         bias = bias.to(device=key.device, dtype=query.dtype)  # (batch, kv_len)
     value_extra = tracker.value_column(layer_idx, kv_len, value) if tracker is not None else None
 
-    if q_len == 1 and value_extra is None:
+    if q_len == 1 and value_extra is None and bias is not None:
         # Decoding step: an O(kv) additive row mask is cheaper than copying the cache.
         row = bias[:, None, None, :]  # (batch, 1, 1, kv_len)
         if guide.heads is not None:

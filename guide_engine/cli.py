@@ -11,11 +11,16 @@ import json
 import sys
 import warnings
 from enum import Enum
-from typing import Any, Optional
+from typing import Any
 
-import typer
+from .errors import GuideError, GuideValueError, MissingDependencyError, require_finite
 
-from .errors import GuideError, GuideValueError, require_finite
+try:
+    import typer
+except ImportError as missing:  # the console script is installed even without the extra
+    raise MissingDependencyError(
+        "the guide command needs typer and rich: pip install 'guide-attention[cli]'"
+    ) from missing
 from .options import METRICS
 from .registry import shared_engine
 from .tags import parse_tags
@@ -149,7 +154,9 @@ PromptArg = typer.Argument(
     None, help="The prompt, with GUIDE tags; '-' or omitted: read from stdin.", show_default=False
 )
 ModelOpt = typer.Option(
-    "default", "--model", "-m",
+    "default",
+    "--model",
+    "-m",
     help="'default' (embedded SmolLM2-135M-Instruct), a hub id, a folder or a .gguf file.",
 )
 GgufOpt = typer.Option(None, "--gguf-file", help="GGUF file name inside --model (a folder or hub repository).")
@@ -158,19 +165,19 @@ SystemOpt = typer.Option(None, "--system", help="A system message (tags allowed)
 
 @app.command()
 def generate(
-    prompt: Optional[str] = PromptArg,
+    prompt: str | None = PromptArg,
     delta_mid: float = typer.Option(
         1.0, "--delta-mid", help="Δ of <!!-> emphasis (<!-> gets half, <!!!-> double); may be negative."
     ),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1, help="Most tokens to generate."),
     model: str = ModelOpt,
-    gguf_file: Optional[str] = GgufOpt,
+    gguf_file: str | None = GgufOpt,
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy."),
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass, in (0, 1]."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for sampling."),
-    stop: Optional[list[str]] = typer.Option(None, "--stop", help="Stop before this string (repeatable)."),
-    layers: Optional[str] = typer.Option(None, "--layers", help="Layers that get the bias: 'all' or e.g. 0,1,2."),
-    system: Optional[str] = SystemOpt,
+    seed: int | None = typer.Option(None, "--seed", help="Random seed for sampling."),
+    stop: list[str] | None = typer.Option(None, "--stop", help="Stop before this string (repeatable)."),
+    layers: str | None = typer.Option(None, "--layers", help="Layers that get the bias: 'all' or e.g. 0,1,2."),
+    system: str | None = SystemOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON instead of streaming the text."),
 ) -> None:
     """Generate a completion of a tagged prompt, streaming the text to stdout."""
@@ -197,25 +204,23 @@ def generate(
 
 @app.command()
 def influence(
-    prompt: Optional[str] = PromptArg,
-    metric: Metric = typer.Option(Metric.influence, "--metric", help="What to measure."),
-    delta_influence: float = typer.Option(
-        0.0, "--delta-influence", help="Δ applied to the <?-> span while measuring."
-    ),
+    prompt: str | None = PromptArg,
+    metric: Metric = typer.Option(Metric["influence"], "--metric", help="What to measure."),
+    delta_influence: float = typer.Option(0.0, "--delta-influence", help="Δ applied to the <?-> span while measuring."),
     delta_mid: float = typer.Option(1.0, "--delta-mid", help="Δ of <!!-> emphasis elsewhere in the prompt."),
     max_new_tokens: int = typer.Option(40, "--max-new-tokens", min=1, help="Most tokens to generate."),
-    plot: Optional[str] = typer.Option(None, "--plot", help="Write the log-influence figure to this PNG."),
-    html_path: Optional[str] = typer.Option(None, "--html", help="Write the token heatmap to this HTML file."),
-    json_path: Optional[str] = typer.Option(
+    plot: str | None = typer.Option(None, "--plot", help="Write the log-influence figure to this PNG."),
+    html_path: str | None = typer.Option(None, "--html", help="Write the token heatmap to this HTML file."),
+    json_path: str | None = typer.Option(
         None, "--json", help="Write the influence (InfluenceResult.to_dict) to this JSON file."
     ),
-    layers_to_plot: Optional[str] = typer.Option(
+    layers_to_plot: str | None = typer.Option(
         None, "--layers-to-plot", help="Layers in the PNG, e.g. 0,15,29 (default first, middle, last)."
     ),
     window: int = typer.Option(5, "--window", min=1, help="Tokens in the rolling mean of the PNG."),
     model: str = ModelOpt,
-    gguf_file: Optional[str] = GgufOpt,
-    system: Optional[str] = SystemOpt,
+    gguf_file: str | None = GgufOpt,
+    system: str | None = SystemOpt,
 ) -> None:
     """Generate, then measure how much the <?-> … <-?> span influences every token and layer."""
     try:
@@ -229,10 +234,11 @@ def influence(
         }
         engine = load_engine(model, gguf_file)
         if plot_layers is not None:
-            bad = [k for k in plot_layers if not -1 <= k < engine.num_layers]
+            bad = [k for k in plot_layers if not isinstance(k, int) or not -1 <= k < engine.num_layers]
             if bad:
                 raise GuideValueError(
-                    f"--layers-to-plot: layer {bad[0]} is out of range; this model has layers -1..{engine.num_layers - 1}"
+                    f"--layers-to-plot: layer {bad[0]} is out of range; "
+                    f"this model has layers -1..{engine.num_layers - 1}"
                 )
         result = stream_text(engine, text, **options)
         measured = result.influence

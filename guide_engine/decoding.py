@@ -8,11 +8,11 @@ request without tags computes exactly what ``generate`` computes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 
 import torch
-from transformers import DynamicCache
+from transformers import DynamicCache, PreTrainedModel
 from transformers.generation.logits_process import (
     LogitsProcessorList,
     TemperatureLogitsWarper,
@@ -22,7 +22,6 @@ from transformers.generation.logits_process import (
 
 from .attention import GuideAttentionState
 from .options import FinishReason, SamplingConfig
-
 
 __all__ = ["IncrementalDetokenizer", "RowDecoder", "decode_steps", "left_pad", "logits_processors"]
 
@@ -143,7 +142,7 @@ def left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[
 
 @torch.inference_mode()
 def decode_steps(
-    model: torch.nn.Module,
+    model: PreTrainedModel,
     input_ids: torch.Tensor,  # (batch, prompt_len), left-padded
     attention_mask: torch.Tensor,  # (batch, prompt_len)
     state: GuideAttentionState | None,
@@ -151,7 +150,7 @@ def decode_steps(
     max_new_tokens: int,
     pad_id: int,
     finished: torch.Tensor | None = None,
-) -> Iterator[torch.Tensor]:
+) -> Generator[torch.Tensor, None, None]:
     """Yield the next token of every row, ``(batch,)``, until ``max_new_tokens`` or all rows finish.
 
     The caller marks rows as done by setting ``finished[row] = True`` between steps (end of
@@ -179,7 +178,7 @@ def decode_steps(
             **kwargs,
         )
         logits = out.logits[:, -1, :].float()  # (batch, vocab)
-        scores = processors(seen, logits)
+        scores = processors(seen, logits)  # type: ignore[arg-type]  # (LongTensor is a legacy alias)
         if sampling.greedy:
             next_ids = scores.argmax(dim=-1)
         else:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -252,9 +252,7 @@ class GuideEngine:
 
     # -------------------------------------------------------------------------------- internals
 
-    def _stream_pieces(
-        self, encoded: EncodedPrompt, request: RequestOptions
-    ) -> Generator[str, None, GenerationResult]:
+    def _stream_pieces(self, encoded: EncodedPrompt, request: RequestOptions) -> Generator[str, None, GenerationResult]:
         decoder = RowDecoder(self.tokenizer, request.stop, self.eos_ids)
         finished = torch.zeros(1, dtype=torch.bool)
         steps = self._steps([encoded], request, finished)
@@ -273,7 +271,9 @@ class GuideEngine:
             yield rest
         return self._result(encoded, decoder, request)
 
-    def _steps(self, encoded: list[EncodedPrompt], request: RequestOptions, finished: torch.Tensor) -> Iterator[torch.Tensor]:
+    def _steps(
+        self, encoded: list[EncodedPrompt], request: RequestOptions, finished: torch.Tensor
+    ) -> Generator[torch.Tensor, None, None]:
         device = self.model.device
         ids, mask = left_pad([e.input_ids for e in encoded], self.pad_id, device)
         state = build_state(encoded, request, ids.shape[1], device)
@@ -306,8 +306,7 @@ class GuideEngine:
         n = len(encoded.input_ids)
         if self.context_length is not None and n >= self.context_length:
             raise ContextLengthError(
-                f"prompt has {n} tokens but the model's context is {self.context_length} tokens; "
-                "shorten the prompt"
+                f"prompt has {n} tokens but the model's context is {self.context_length} tokens; shorten the prompt"
             )
         if request.metric is not None and not self.supports_influence:
             raise ModelNotSupportedError(

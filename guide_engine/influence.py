@@ -25,13 +25,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from transformers import PreTrainedModel
 
 from .alignment import AppliedSpan, EncodedPrompt
 from .attention import build_state
 from .errors import InfluenceError
 from .options import Metric, RequestOptions
 
-__all__ = ["InfluenceHooks", "InfluenceResult", "InfluenceTracker", "attach_hooks", "compute_influence", "decoder_layers"]
+__all__ = [
+    "InfluenceHooks",
+    "InfluenceResult",
+    "InfluenceTracker",
+    "attach_hooks",
+    "compute_influence",
+    "decoder_layers",
+]
 
 
 class InfluenceTracker:
@@ -44,7 +52,7 @@ class InfluenceTracker:
         self._x_norm: torch.Tensor | None = None
         self._attention_product: torch.Tensor | None = None
 
-    def value_column(self, layer_idx: int, kv_len: int, value: torch.Tensor) -> torch.Tensor:
+    def value_column(self, layer_idx: int | None, kv_len: int, value: torch.Tensor) -> torch.Tensor:
         """I⁽ℓ⁻¹⁾ shaped as an extra value column: ``(batch, kv_heads, kv_len, 1)``."""
         if kv_len != self.current.shape[1]:
             raise InfluenceError(
@@ -54,7 +62,7 @@ class InfluenceTracker:
         column = self.current.to(device=value.device, dtype=value.dtype)
         return column[:, None, :, None].expand(value.shape[0], value.shape[1], kv_len, 1)
 
-    def record_attention_product(self, layer_idx: int, per_head: torch.Tensor) -> None:
+    def record_attention_product(self, layer_idx: int | None, per_head: torch.Tensor) -> None:
         """Store Ā I from the kernel's extra column, ``per_head``: ``(batch, q_len, heads)``."""
         self._attention_product = per_head.float().mean(dim=-1)  # (batch, q_len)
 
@@ -92,9 +100,11 @@ def _layer_input_hook(module: torch.nn.Module, args: tuple, kwargs: dict[str, An
 
 def _attention_output_hook(layer: torch.nn.Module) -> Callable[..., None]:
     # Gemma 2/3 normalize the attention output before adding it to the residual stream.
-    post_norm = getattr(layer, "post_attention_layernorm", None) if hasattr(layer, "pre_feedforward_layernorm") else None
+    post_norm = (
+        getattr(layer, "post_attention_layernorm", None) if hasattr(layer, "pre_feedforward_layernorm") else None
+    )
 
-    def hook(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
+    def hook(module: Any, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
         tracker = _tracker_from(kwargs)
         if tracker is not None:
             added = output[0] if isinstance(output, tuple) else output
@@ -105,7 +115,7 @@ def _attention_output_hook(layer: torch.nn.Module) -> Callable[..., None]:
     return hook
 
 
-def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+def decoder_layers(model: torch.nn.Module) -> list[Any]:
     """The decoder layers of a causal LM (modules with a ``self_attn``), in order."""
     for module in model.modules():
         if isinstance(module, torch.nn.ModuleList) and module and all(hasattr(m, "self_attn") for m in module):
@@ -244,7 +254,7 @@ class InfluenceResult(Mapping):
 
 @torch.inference_mode()
 def compute_influence(
-    model: torch.nn.Module,
+    model: PreTrainedModel,
     tokenizer: Any,
     encoded: EncodedPrompt,
     generated: list[int],

@@ -19,9 +19,7 @@ def embedded_model_location() -> tuple[str, str]:
     """Folder and GGUF file name of the embedded SmolLM2-135M-Instruct (the package is not imported)."""
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise MissingDependencyError(
-            f"the embedded model is not installed; install it with `{EMBEDDED_INSTALL}`"
-        )
+        raise MissingDependencyError(f"the embedded model is not installed; install it with `{EMBEDDED_INSTALL}`")
     folder = list(spec.submodule_search_locations)[0]
     if not os.path.isfile(os.path.join(folder, EMBEDDED_GGUF)):
         raise MissingDependencyError(f"{EMBEDDED_GGUF} is missing from {folder}; reinstall with `{EMBEDDED_INSTALL}`")
@@ -35,7 +33,9 @@ def resolve_model(model: str | None, gguf_file: str | None) -> tuple[str, str | 
             raise GuideValueError(f"gguf_file={gguf_file!r} needs a model folder or hub id; got model={model!r}")
         return embedded_model_location()
     if not isinstance(model, (str, os.PathLike)):
-        raise GuideValueError(f"model must be a hub id, a folder, a .gguf path or 'default', got {type(model).__name__}")
+        raise GuideValueError(
+            f"model must be a hub id, a folder, a .gguf path or 'default', got {type(model).__name__}"
+        )
     model = os.fspath(model)
     if model.endswith(".gguf"):
         if not os.path.isfile(model):

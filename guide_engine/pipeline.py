@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, TextGenerationPipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.text_generation import Chat
 
+from .alignment import Prompt
 from .engine import GuideEngine
 from .errors import GuideValueError
 from .options import check_metric
@@ -37,31 +38,60 @@ class PayAttentionPipeline(TextGenerationPipeline):
     Args:
         delta_mid: Δ of level-2 emphasis (level 1 gets half, level 3 double).
         layers: ``"all"`` or the layers that get the bias.
-        *args, **kwargs: as for ``TextGenerationPipeline``.
+        *args: as for ``TextGenerationPipeline``.
+        **kwargs: as for ``TextGenerationPipeline``.
     """
 
     def __init__(self, *args: Any, delta_mid: float = 1.0, layers: Any = "all", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.engine = GuideEngine(self.model, self.tokenizer, delta_mid=delta_mid, layers=layers)
 
-    def _sanitize_parameters(self, metric: str | None = None, delta_influence: float = 0.0, delta_mid: float | None = None, layers: Any = None, heads: Any = None, **kwargs: Any):
+    # The pipeline hooks below take their own keywords, as transformers' pipelines do (the base
+    # class passes **kwargs), hence the ``type: ignore[override]`` on each.
+
+    def _sanitize_parameters(  # type: ignore[override]
+        self,
+        metric: str | None = None,
+        delta_influence: float = 0.0,
+        delta_mid: float | None = None,
+        layers: Any = None,
+        heads: Any = None,
+        **kwargs: Any,
+    ):
         check_metric(metric)
         preprocess, forward, postprocess = super()._sanitize_parameters(**kwargs)
-        guide = {"metric": metric, "delta_influence": delta_influence, "delta_mid": delta_mid, "layers": layers, "heads": heads}
+        guide = {
+            "metric": metric,
+            "delta_influence": delta_influence,
+            "delta_mid": delta_mid,
+            "layers": layers,
+            "heads": heads,
+        }
         preprocess["guide_options"] = guide
         forward["guide_options"] = guide
         return preprocess, forward, postprocess
 
-    def preprocess(self, prompt_text: Any, guide_options: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
+    def preprocess(  # type: ignore[override]
+        self, prompt_text: Any, guide_options: dict[str, Any] | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
         if not _has_tags(prompt_text):
             return super().preprocess(prompt_text, **kwargs)
         options = guide_options or {}
-        prompt = prompt_text.messages if isinstance(prompt_text, Chat) else prompt_text
-        encoded = self.engine.encode(prompt, delta_mid=options.get("delta_mid"), delta_influence=options.get("delta_influence", 0.0))
+        prompt: Prompt = list(prompt_text.messages) if isinstance(prompt_text, Chat) else prompt_text
+        encoded = self.engine.encode(
+            prompt, delta_mid=options.get("delta_mid"), delta_influence=options.get("delta_influence", 0.0)
+        )
         ids = torch.tensor([encoded.input_ids])
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "prompt_text": prompt_text, "guide_prompt": prompt}
+        return {
+            "input_ids": ids,
+            "attention_mask": torch.ones_like(ids),
+            "prompt_text": prompt_text,
+            "guide_prompt": prompt,
+        }
 
-    def _forward(self, model_inputs: dict[str, Any], guide_options: dict[str, Any] | None = None, **generate_kwargs: Any) -> dict[str, Any]:
+    def _forward(  # type: ignore[override]
+        self, model_inputs: dict[str, Any], guide_options: dict[str, Any] | None = None, **generate_kwargs: Any
+    ) -> dict[str, Any]:
         prompt = model_inputs.pop("guide_prompt", None)
         options = {k: v for k, v in (guide_options or {}).items() if v is not None}
         if prompt is None:  # no tags: exactly the text-generation pipeline
@@ -73,12 +103,16 @@ class PayAttentionPipeline(TextGenerationPipeline):
         result = self.engine.generate(prompt, **options, **self._sampling_options(generate_kwargs))
         # The pipeline's postprocess cuts the prompt off the sequence, as for stock generation.
         generated = torch.tensor([model_inputs["input_ids"][0].tolist() + result.token_ids])
-        outputs = {"generated_sequence": generated[None], "input_ids": model_inputs["input_ids"], "prompt_text": model_inputs["prompt_text"]}
+        outputs = {
+            "generated_sequence": generated[None],
+            "input_ids": model_inputs["input_ids"],
+            "prompt_text": model_inputs["prompt_text"],
+        }
         if result.influence is not None:
             outputs["guide_influence"] = result.influence
         return outputs
 
-    def postprocess(self, model_outputs: dict[str, Any], **kwargs: Any) -> list[dict[str, Any]]:
+    def postprocess(self, model_outputs: dict[str, Any], **kwargs: Any) -> list[dict[str, Any]]:  # type: ignore[override]
         influence = model_outputs.pop("guide_influence", None)
         records = super().postprocess(model_outputs, **kwargs)
         for record in records:
@@ -89,11 +123,15 @@ class PayAttentionPipeline(TextGenerationPipeline):
 
     def _sampling_options(self, generate_kwargs: dict[str, Any]) -> dict[str, Any]:
         config = generate_kwargs.get("generation_config", self.model.generation_config)
-        max_new = generate_kwargs.get("max_new_tokens", getattr(config, "max_new_tokens", None)) or self.engine.max_new_tokens
+        max_new = (
+            generate_kwargs.get("max_new_tokens", getattr(config, "max_new_tokens", None)) or self.engine.max_new_tokens
+        )
         do_sample = generate_kwargs.get("do_sample", getattr(config, "do_sample", False))
         options: dict[str, Any] = {"max_new_tokens": int(max_new)}
         if do_sample:
-            options["temperature"] = float(generate_kwargs.get("temperature", getattr(config, "temperature", 1.0) or 1.0))
+            options["temperature"] = float(
+                generate_kwargs.get("temperature", getattr(config, "temperature", 1.0) or 1.0)
+            )
             options["top_p"] = float(generate_kwargs.get("top_p", getattr(config, "top_p", 1.0) or 1.0))
         stop = generate_kwargs.get("stop_strings")
         if stop:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from .errors import GuideError, GuideValueError
+from .errors import GuideError, GuideValueError, MissingDependencyError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -35,12 +35,19 @@ class InfluenceData(Protocol):
     imports the plots (lazily, for matplotlib's cost), never the other way round.
     """
 
-    layers: Mapping[int, Any]
-    tokens: list[str]
-    spans: Sequence[Any]
-    generation_start: int
-    metric: str
-    delta_influence: float
+    @property
+    def layers(self) -> Mapping[int, Any]: ...
+    @property
+    def tokens(self) -> Sequence[str]: ...
+    @property
+    def spans(self) -> Sequence[Any]: ...
+    @property
+    def generation_start(self) -> int: ...
+    @property
+    def metric(self) -> str: ...
+    @property
+    def delta_influence(self) -> float: ...
+
 
 LOG_FLOOR = 1e-8
 """Values below this (zeros included) are drawn at log10(LOG_FLOOR) = -8."""
@@ -176,7 +183,10 @@ def influence_figure(result: InfluenceData, layers: Sequence[int] | None = None,
         layers: layer indices (−1 … L−1) present in ``result``; default first, middle and last layer.
         window: tokens in the trailing rolling mean; a positive integer.
     """
-    from matplotlib.figure import Figure
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise MissingDependencyError("plots need matplotlib: pip install 'guide-attention[plots]'") from error
 
     if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
         raise GuideValueError(f"window must be a positive integer number of tokens, got {window!r}")
@@ -194,15 +204,33 @@ def influence_figure(result: InfluenceData, layers: Sequence[int] | None = None,
         ax.plot(positions, logged, color=color, linewidth=0.8, alpha=0.35, label=f"layer {layer}, per token")
         # Like the paper (whose log of 0 is -inf and is dropped), the mean skips the values at the floor.
         measured = np.where(values >= LOG_FLOOR, logged, np.nan)
-        ax.plot(positions, rolling_mean(measured, int(window)), color=color, linewidth=2.0,
-                label=f"layer {layer}, mean of {window} tokens")
+        ax.plot(
+            positions,
+            rolling_mean(measured, int(window)),
+            color=color,
+            linewidth=2.0,
+            label=f"layer {layer}, mean of {window} tokens",
+        )
 
     for n, span in enumerate(_influence_spans(result)):
-        ax.axvspan(span.token_start - 0.5, span.token_end - 0.5, color="#f2c14e", alpha=0.35, linewidth=0,
-                   label="influence span" if n == 0 else None)
+        ax.axvspan(
+            span.token_start - 0.5,
+            span.token_end - 0.5,
+            color="#f2c14e",
+            alpha=0.35,
+            linewidth=0,
+            label="influence span" if n == 0 else None,
+        )
     ax.axvline(result.generation_start - 0.5, color="black", linestyle="--", linewidth=1.2, label="generation starts")
-    ax.text(result.generation_start - 0.5, 1.0, " generation starts", transform=ax.get_xaxis_transform(),
-            ha="left", va="top", fontsize=9)
+    ax.text(
+        result.generation_start - 0.5,
+        1.0,
+        " generation starts",
+        transform=ax.get_xaxis_transform(),
+        ha="left",
+        va="top",
+        fontsize=9,
+    )
 
     ax.set_xlabel("token position (prompt and generated text)")
     ax.set_ylabel(f"log10 {metric.lower()} (values < {LOG_FLOOR:g} drawn at {math.log10(LOG_FLOOR):g})")
@@ -426,11 +454,14 @@ def influence_html(result: InfluenceData, path: str | os.PathLike[str]) -> str:
         for k in layers
     )
     title = describe(result)
-    spans = "; ".join(
-        f"{s.kind}{'' if s.kind == 'influence' else f' level {s.level}'} “{_short(s.text, 60)}” "
-        f"(tokens {s.token_start}–{s.token_end - 1}, Δ = {_format_number(s.delta)})"
-        for s in result.spans
-    ) or "none"
+    spans = (
+        "; ".join(
+            f"{s.kind}{'' if s.kind == 'influence' else f' level {s.level}'} “{_short(s.text, 60)}” "
+            f"(tokens {s.token_start}–{s.token_end - 1}, Δ = {_format_number(s.delta)})"
+            for s in result.spans
+        )
+        or "none"
+    )
     page = f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -446,7 +477,7 @@ Spans: {html.escape(spans)}</div>
 <div class="controls">
   <label for="layer-range">layer</label>
   <input type="range" id="layer-range" min="{layers[0]}" max="{layers[-1]}" step="1" value="{default}"
-    aria-label="layer"{'' if contiguous else ' title="layers missing from the result snap to the nearest one"'}>
+    aria-label="layer"{"" if contiguous else ' title="layers missing from the result snap to the nearest one"'}>
   <select id="layer-select" aria-label="layer">{options}</select>
   <label><input type="checkbox" id="log-scale" checked> log scale</label>
   <span class="legend">low <span id="colorbar"></span> high</span>

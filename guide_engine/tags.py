@@ -99,9 +99,7 @@ class Span:
         if not 0 <= self.start <= self.end:
             raise GuideValueError(f"Span needs 0 <= start <= end, got start={self.start}, end={self.end}")
         if self.end - self.start != len(self.text):
-            raise GuideValueError(
-                f"Span text has {len(self.text)} characters but start={self.start}, end={self.end}"
-            )
+            raise GuideValueError(f"Span text has {len(self.text)} characters but start={self.start}, end={self.end}")
         if self.kind not in _LEVELS:
             raise GuideValueError(f"Span kind must be 'emphasis' or 'influence', got {self.kind!r}")
         if self.level not in _LEVELS[self.kind]:
@@ -215,7 +213,9 @@ def _parse(text: str, caller: str, *, warn_empty: bool) -> ParsedText:
                 raise _tag_error(
                     f"tag '{tag}' at position {start} opens a span inside the span opened by "
                     f"'{open_tag}' at position {open_pos}; spans may not nest or overlap",
-                    text, tag, start,
+                    text,
+                    tag,
+                    start,
                 )
             open_span = (tag, start, visible)
             continue
@@ -223,7 +223,9 @@ def _parse(text: str, caller: str, *, warn_empty: bool) -> ParsedText:
         if open_span is None:
             raise _tag_error(
                 f"closing tag '{tag}' at position {start} has no opening tag '{_CLOSERS[tag]}'",
-                text, tag, start,
+                text,
+                tag,
+                start,
             )
         open_tag, open_pos, span_start = open_span
         closer = _OPENERS[open_tag][0]
@@ -231,7 +233,9 @@ def _parse(text: str, caller: str, *, warn_empty: bool) -> ParsedText:
             raise _tag_error(
                 f"closing tag '{tag}' at position {start} does not match the open tag "
                 f"'{open_tag}' at position {open_pos} (expected '{closer}')",
-                text, tag, start,
+                text,
+                tag,
+                start,
             )
         closed.append((open_tag, open_pos, span_start, visible))
         open_span = None
@@ -241,7 +245,9 @@ def _parse(text: str, caller: str, *, warn_empty: bool) -> ParsedText:
         raise _tag_error(
             f"unclosed tag '{open_tag}' at position {open_pos} (close it with "
             f"'{_OPENERS[open_tag][0]}', or write '<\\{open_tag[1:]}' for the literal text)",
-            text, open_tag, open_pos,
+            text,
+            open_tag,
+            open_pos,
         )
 
     pieces.append(text[pos:])

@@ -76,6 +76,7 @@ def twin(model: torch.nn.Module, attn: str) -> torch.nn.Module:
 
 # --------------------------------------------------------------------------- reference attention
 
+
 class Recorder:
     """Per-call store for the reference: the dense bias and, optionally, the attention maps."""
 
@@ -115,6 +116,7 @@ AttentionMaskInterface.register(REFERENCE, eager_mask)
 
 
 # --------------------------------------------------------------------------- reference influence
+
 
 @torch.no_grad()
 def reference_influence(model, ids: torch.Tensor, indicator: torch.Tensor, bias, metric: str):

@@ -121,6 +121,7 @@ def test_library_code_has_no_assert_statements():
 
 
 def test_importing_the_engine_loads_no_optional_dependency():
-    code = "import sys, guide_engine; print(sorted(m for m in ('matplotlib', 'typer', 'rich', 'gguf') if m in sys.modules))"
+    optional = ("matplotlib", "typer", "rich", "gguf")
+    code = f"import sys, guide_engine; print(sorted(m for m in {optional!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"

@@ -68,15 +68,31 @@ def test_non_finite_delta_mid_exits_2_naming_the_value(value: str) -> None:
     assert result.exit_code == 2
     assert result.stderr == f"error: --delta-mid must be a finite number, got {float(value)}\n"
     result = invoke("influence", SPAN_PROMPT, "--delta-influence", value)
-    assert (result.exit_code, result.stderr) == (2, f"error: --delta-influence must be a finite number, got {float(value)}\n")
+    assert (result.exit_code, result.stderr) == (
+        2,
+        f"error: --delta-influence must be a finite number, got {float(value)}\n",
+    )
 
 
 def test_other_bad_input_is_one_line_exit_2() -> None:
     cases = {
-        ("generate", PROMPT, "--layers", "1,x"): "error: --layers must be 'all' or comma-separated layer indices such as 0,1,2; got '1,x'",
+        (
+            "generate",
+            PROMPT,
+            "--layers",
+            "1,x",
+        ): "error: --layers must be 'all' or comma-separated layer indices such as 0,1,2; got '1,x'",
         ("generate",): "error: the prompt read from stdin is empty",
-        ("influence", "no span here"): "error: guide influence needs an influence span: wrap the text to measure in <?-> … <-?>",
-        ("influence", SPAN_PROMPT, "--layers-to-plot", ","): "error: --layers-to-plot must be comma-separated layer indices such as 0,1,2; got ','",
+        (
+            "influence",
+            "no span here",
+        ): "error: guide influence needs an influence span: wrap the text to measure in <?-> … <-?>",
+        (
+            "influence",
+            SPAN_PROMPT,
+            "--layers-to-plot",
+            ",",
+        ): "error: --layers-to-plot must be comma-separated layer indices such as 0,1,2; got ','",
     }
     for args, message in cases.items():
         result = invoke(*args)
@@ -103,8 +119,19 @@ def test_generate_from_argument_and_stdin_equals_engine_greedy(engine) -> None:
 def test_generate_json_with_system_and_stop_equals_engine(engine) -> None:
     messages = [{"role": "system", "content": "You answer <!->briefly<-!>."}, {"role": "user", "content": PROMPT}]
     reference = engine.generate(messages, max_new_tokens=6, stop=[" beautiful"], layers=[0, 1, 2])
-    result = invoke("generate", PROMPT, "--system", messages[0]["content"], "--max-new-tokens", "6",
-                    "--stop", " beautiful", "--layers", "0,1,2", "--json")
+    result = invoke(
+        "generate",
+        PROMPT,
+        "--system",
+        messages[0]["content"],
+        "--max-new-tokens",
+        "6",
+        "--stop",
+        " beautiful",
+        "--layers",
+        "0,1,2",
+        "--json",
+    )
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
     assert data == {
@@ -124,8 +151,20 @@ def test_generate_json_with_system_and_stop_equals_engine(engine) -> None:
 def test_influence_writes_png_html_json_and_prints_the_table(engine, tmp_path: Path) -> None:
     reference = engine.generate(SPAN_PROMPT, max_new_tokens=5, metric="influence").influence
     files = {ext: tmp_path / f"out.{ext}" for ext in ("png", "html", "json")}
-    result = invoke("influence", SPAN_PROMPT, "--max-new-tokens", "5", "--plot", str(files["png"]),
-                    "--html", str(files["html"]), "--json", str(files["json"]), "--layers-to-plot", "0,29")
+    result = invoke(
+        "influence",
+        SPAN_PROMPT,
+        "--max-new-tokens",
+        "5",
+        "--plot",
+        str(files["png"]),
+        "--html",
+        str(files["html"]),
+        "--json",
+        str(files["json"]),
+        "--layers-to-plot",
+        "0,29",
+    )
     assert result.exit_code == 0, result.stderr
     assert files["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = files["html"].read_text(encoding="utf-8")
@@ -155,9 +194,13 @@ def test_influence_writes_png_html_json_and_prints_the_table(engine, tmp_path: P
 def test_influence_rollout_and_bad_plot_layer(engine, tmp_path: Path) -> None:
     result = invoke("influence", SPAN_PROMPT, "--layers-to-plot", "0,99", "--max-new-tokens", "1")
     assert (result.exit_code, result.stderr) == (
-        2, f"error: --layers-to-plot: layer 99 is out of range; this model has layers -1..{engine.num_layers - 1}\n")
+        2,
+        f"error: --layers-to-plot: layer 99 is out of range; this model has layers -1..{engine.num_layers - 1}\n",
+    )
     target = tmp_path / "rollout.json"
-    result = invoke("influence", SPAN_PROMPT, "--metric", "attention_rollout", "--max-new-tokens", "1", "--json", str(target))
+    result = invoke(
+        "influence", SPAN_PROMPT, "--metric", "attention_rollout", "--max-new-tokens", "1", "--json", str(target)
+    )
     assert result.exit_code == 0, result.stderr
     loaded = InfluenceResult.from_dict(json.loads(target.read_text(encoding="utf-8")))
     assert loaded.metric == "attention_rollout" and "rollout over 1 generated tokens" in result.stdout
@@ -173,7 +216,13 @@ def test_installed_console_script(engine) -> None:
     assert bad.stderr.startswith("error: closing tag '<-!>' at position 25") and "Traceback" not in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
     expected = engine.generate(PROMPT, max_new_tokens=3).text
-    good = subprocess.run([command, "generate", "--max-new-tokens", "3"], input=PROMPT, capture_output=True,
-                          text=True, timeout=400, env=env)
+    good = subprocess.run(
+        [command, "generate", "--max-new-tokens", "3"],
+        input=PROMPT,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env=env,
+    )
     assert good.returncode == 0, good.stderr[-2000:]
     assert good.stdout == printed(expected)

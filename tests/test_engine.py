@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from guide_engine import ContextLengthError, GuideEngine, GuideError, ModelNotSupportedError, TagError
-from tests.reference import tiny_model, twin
+from tests.reference import twin
 
 PROMPT = "<!!-> Answer in French. <-!!> What is the capital of Italy?"
 UNTAGGED = "Answer in French. What is the capital of Italy?"
@@ -34,7 +34,10 @@ def test_untagged_greedy_equals_transformers_generate(engine, smol_tokenizer):
 def test_tags_never_change_token_ids(engine, smol_tokenizer):
     tagged = engine.encode([{"role": "system", "content": "<!-> Be brief. <-!>"}, {"role": "user", "content": PROMPT}])
     plain = smol_tokenizer.apply_chat_template(
-        [{"role": "system", "content": " Be brief. "}, {"role": "user", "content": " Answer in French.  What is the capital of Italy?"}],
+        [
+            {"role": "system", "content": " Be brief. "},
+            {"role": "user", "content": " Answer in French.  What is the capital of Italy?"},
+        ],
         add_generation_prompt=True,
         tokenize=True,
         return_dict=True,
@@ -52,14 +55,20 @@ def test_emphasis_changes_logits_of_the_first_token(engine):
     without = engine.generate(PROMPT, max_new_tokens=1, delta_mid=0.0)
     assert with_tags.spans[0].delta == 3.0 and without.spans[0].delta == 0.0
     # Δ = 0 is exactly the untagged prompt.
-    assert without.token_ids == engine.generate(" Answer in French.  What is the capital of Italy?", max_new_tokens=1).token_ids
+    assert (
+        without.token_ids
+        == engine.generate(" Answer in French.  What is the capital of Italy?", max_new_tokens=1).token_ids
+    )
 
 
 def test_batch_rows_equal_one_by_one(engine):
     prompts = [
         PROMPT,
         "<!!!-> Be short. <-!!!> Name three colours.",
-        [{"role": "system", "content": "<!-> You like cats. <-!>"}, {"role": "user", "content": "Hi! Tell me about dogs."}],
+        [
+            {"role": "system", "content": "<!-> You like cats. <-!>"},
+            {"role": "user", "content": "Hi! Tell me about dogs."},
+        ],
         "No tags at all here.",
     ]
     batch = engine.generate_batch(prompts, max_new_tokens=10)
@@ -194,6 +203,8 @@ def test_tagged_prompt_needs_a_fast_tokenizer(tiny, smol_tokenizer):
             return {"input_ids": smol_tokenizer(text, **kwargs)["input_ids"]}
 
     engine = GuideEngine(tiny, SlowTokenizer())
-    with pytest.raises(GuideError, match="tagged prompts need a fast tokenizer with character offsets; SlowTokenizer has none"):
+    with pytest.raises(
+        GuideError, match="tagged prompts need a fast tokenizer with character offsets; SlowTokenizer has none"
+    ):
         engine.encode(PROMPT)
     assert len(engine.encode(UNTAGGED).input_ids) > 3  # untagged prompts still work

@@ -123,5 +123,7 @@ def test_embedded_model_matches_materialized_reference(real_engine, metric):
     encoded = real_engine.encode(PROMPT, delta_mid=2.0)
     ids = torch.tensor([encoded.input_ids + result.token_ids])
     indicator = torch.tensor([encoded.influence_mask + [False] * len(result.token_ids)], dtype=torch.float64)
-    expected = reference_influence(twin(real_engine.model, REFERENCE), ids, indicator, torch.tensor([encoded.token_deltas]), metric)
+    expected = reference_influence(
+        twin(real_engine.model, REFERENCE), ids, indicator, torch.tensor([encoded.token_deltas]), metric
+    )
     _assert_matches(result.influence, expected)

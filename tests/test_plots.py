@@ -21,8 +21,26 @@ from guide_engine.plots import LOG_FLOOR, display_token, influence_figure, influ
 
 NASTY = "Ġ</script><b>"
 TOKENS = [
-    "<|im_start|>", "user", "Ċ", "Tell", "Ġme", "Ġabout", "Ġcats", NASTY, "Ġ&", "Ġ\"q'", "<|im_end|>", "Ċ",
-    "<|im_start|>", "ass", "istant", "Ċ", "Cats", "Ġpurr", "Ã©", ".",
+    "<|im_start|>",
+    "user",
+    "Ċ",
+    "Tell",
+    "Ġme",
+    "Ġabout",
+    "Ġcats",
+    NASTY,
+    "Ġ&",
+    "Ġ\"q'",
+    "<|im_end|>",
+    "Ċ",
+    "<|im_start|>",
+    "ass",
+    "istant",
+    "Ċ",
+    "Cats",
+    "Ġpurr",
+    "Ã©",
+    ".",
 ]
 GEN_START = 16
 SPAN = AppliedSpan("influence", 0, 0.0, "cats </script><b>", 0, 6, 8)
@@ -41,8 +59,13 @@ def make_result(num_layers: int = 5) -> InfluenceResult:
     layers = {-1: torch.tensor([1.0 if SPAN.token_start <= i < SPAN.token_end else 0.0 for i in range(len(TOKENS))])}
     layers.update({k: torch.tensor(_layer(k), dtype=torch.float32) for k in range(num_layers)})
     return InfluenceResult(
-        layers=layers, tokens=list(TOKENS), spans=(EMPHASIS, SPAN), generation_start=GEN_START,
-        metric="influence", delta_influence=0.25, token_ids=list(range(len(TOKENS))),
+        layers=layers,
+        tokens=list(TOKENS),
+        spans=(EMPHASIS, SPAN),
+        generation_start=GEN_START,
+        metric="influence",
+        delta_influence=0.25,
+        token_ids=list(range(len(TOKENS))),
     )
 
 
@@ -101,8 +124,13 @@ def test_figure_lines_are_log10_of_the_values_with_a_rolling_mean() -> None:
     # Zeros and values under the floor sit at log10(floor) = -8 on the raw line.
     assert lines["layer 0, per token"].get_ydata()[0] == -8.0
     assert lines["layer 0, per token"].get_ydata()[12] == -8.0
-    assert set(lines) == {"layer 0, per token", "layer 0, mean of 3 tokens", "layer 3, per token",
-                          "layer 3, mean of 3 tokens", "generation starts"}
+    assert set(lines) == {
+        "layer 0, per token",
+        "layer 0, mean of 3 tokens",
+        "layer 3, per token",
+        "layer 3, mean of 3 tokens",
+        "generation starts",
+    }
     assert list(lines["generation starts"].get_xdata()) == [GEN_START - 0.5, GEN_START - 0.5]
 
 
@@ -123,11 +151,17 @@ def test_figure_shades_the_span_and_labels_the_axes() -> None:
 def test_default_layers_are_first_middle_and_last() -> None:
     labels = set(_lines(influence_figure(make_result(num_layers=5))))
     assert {label for label in labels if label.endswith("per token")} == {
-        "layer 0, per token", "layer 2, per token", "layer 4, per token"}
+        "layer 0, per token",
+        "layer 2, per token",
+        "layer 4, per token",
+    }
     rollout = make_result(num_layers=2)
     rollout.metric = "attention_rollout"
     fig = influence_figure(rollout)
-    assert {label for label in _lines(fig) if label.endswith("per token")} == {"layer 0, per token", "layer 1, per token"}
+    assert {label for label in _lines(fig) if label.endswith("per token")} == {
+        "layer 0, per token",
+        "layer 1, per token",
+    }
     assert fig.axes[0].get_ylabel().startswith("log10 attention rollout")
 
 
@@ -136,7 +170,8 @@ def test_bad_layers_and_window_are_named() -> None:
     with pytest.raises(GuideError) as error:
         influence_figure(result, layers=[0, 7])
     assert str(error.value) == (
-        "layer 7 is not in this result; available layers are -1..4 (-1 is the span indicator before the first layer)")
+        "layer 7 is not in this result; available layers are -1..4 (-1 is the span indicator before the first layer)"
+    )
     with pytest.raises(GuideError, match=r"layer 'x' is not in this result"):
         result.plot("unused.png", layers=["x"])
     with pytest.raises(GuideError, match=r"layers must be a non-empty list of layer indices, got \[\]"):
@@ -277,7 +312,9 @@ def chromium() -> str:
     path = shutil.which("chromium")
     if path is None:
         if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("CI=true but Debian's chromium is not installed; .ci/run installs it (apt-get install chromium)")
+            pytest.fail(
+                "CI=true but Debian's chromium is not installed; .ci/run installs it (apt-get install chromium)"
+            )
         pytest.skip("Debian chromium is not installed (apt-get install chromium)")
     return path
 
@@ -293,12 +330,16 @@ r.value = "0"; r.dispatchEvent(new Event("input"));
 document.body.setAttribute("data-slider", window.guideInfluence.layer() + "|" + s.value);
 s.value = "-1"; s.dispatchEvent(new Event("change"));
 document.body.setAttribute("data-select", window.guideInfluence.layer() + "|" + r.value + "|" +
-  document.querySelector('.tok[data-i="6"]').style.backgroundColor + "|" + document.querySelector('.tok[data-i="9"]').style.backgroundColor);
+  document.querySelector('.tok[data-i="6"]').style.backgroundColor + "|" +
+  document.querySelector('.tok[data-i="9"]').style.backgroundColor);
 </script></body>"""
     (tmp_path / "probe.html").write_text(page.replace("</body>", probe), encoding="utf-8")
     dom = subprocess.run(
         [browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", (tmp_path / "probe.html").as_uri()],
-        capture_output=True, text=True, timeout=90, check=True,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=True,
     ).stdout
     assert 'data-slider="0|0"' in dom
     # Layer -1 is the indicator: the span is colored at full heat, the rest is left white.
@@ -321,7 +362,8 @@ def test_real_model_influence_plot_and_html(tmp_path: Path) -> None:
     last = engine.num_layers - 1
     assert {f"layer {k}, per token" for k in (0, engine.num_layers // 2, last)} <= set(lines)
     np.testing.assert_allclose(
-        lines[f"layer {last}, per token"].get_ydata(), np.log10(np.clip(result[last].double().numpy(), LOG_FLOOR, None)))
+        lines[f"layer {last}, per token"].get_ydata(), np.log10(np.clip(result[last].double().numpy(), LOG_FLOOR, None))
+    )
     page = tmp_path / "real.html"
     assert result.to_html(str(page)) == str(page)
     _, parser = parse_page(page)

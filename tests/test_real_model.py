@@ -29,7 +29,9 @@ def test_tags_in_system_and_user_messages(real_engine):
     ]
     encoded = real_engine.encode(messages, delta_mid=2.0)
     clean = [{**m, "content": strip_tags(m["content"])} for m in messages]
-    plain = real_engine.tokenizer.apply_chat_template(clean, add_generation_prompt=True, tokenize=True, return_dict=True)
+    plain = real_engine.tokenizer.apply_chat_template(
+        clean, add_generation_prompt=True, tokenize=True, return_dict=True
+    )
     assert encoded.input_ids == list(plain["input_ids"])
     assert [(s.message_index, s.level, s.delta) for s in encoded.spans] == [(0, 1, 1.0), (1, 2, 2.0)]
     for span in encoded.spans:

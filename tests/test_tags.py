@@ -41,12 +41,24 @@ FRAGMENTS = [
     *OPENERS,
     *CLOSERS,
     *("<\\" + m[1:] for m in OPENERS + CLOSERS),
-    "\\", "\\\\", "<", "<\\", "-", "!", "?", ">", "->", "<-", "<!", "a", " ", "\n", "é",
+    "\\",
+    "\\\\",
+    "<",
+    "<\\",
+    "-",
+    "!",
+    "?",
+    ">",
+    "->",
+    "<-",
+    "<!",
+    "a",
+    " ",
+    "\n",
+    "é",
 ]
 soup = st.lists(st.sampled_from(FRAGMENTS), max_size=40).map("".join)
-mixed_text = st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=4)), max_size=30).map(
-    "".join
-)
+mixed_text = st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=4)), max_size=30).map("".join)
 
 
 def quiet_parse(text: str) -> ParsedText:
@@ -177,7 +189,7 @@ def test_tags_module_imports_without_torch_or_transformers():
 
 
 def test_markers_constant_lists_all_eight():
-    assert MARKERS == tuple(OPENERS + CLOSERS)
+    assert tuple(OPENERS + CLOSERS) == MARKERS
 
 
 # --- text and offsets -----------------------------------------------------------------------
@@ -246,8 +258,7 @@ def test_text_without_markers_parses_to_itself(plain):
             "<!->a<-?>",
             "<-?>",
             5,
-            "closing tag '<-?>' at position 5 does not match the open tag '<!->' at position 0 "
-            "(expected '<-!>')",
+            "closing tag '<-?>' at position 5 does not match the open tag '<!->' at position 0 (expected '<-!>')",
         ),
         ("x <!!!->a<-!!>", "<-!!>", 9, "closing tag '<-!!>' at position 9 does not match"),
         (

@@ -54,10 +54,17 @@ PRESETS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.quality", description="Does GUIDE's emphasis help? Summarize-in-French and needle-in-a-haystack benchmark.")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.quality",
+        description="Does GUIDE's emphasis help? Summarize-in-French and needle-in-a-haystack benchmark.",
+    )
     parser.add_argument("--quick", action="store_true", help="the 'quick' preset: a few minutes")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default=None, help="grid size (default: full, or quick with --quick)")
-    parser.add_argument("--out", default=None, help="output folder (default: benchmarks/results/quality/<model>-<preset>)")
+    parser.add_argument(
+        "--preset", choices=sorted(PRESETS), default=None, help="grid size (default: full, or quick with --quick)"
+    )
+    parser.add_argument(
+        "--out", default=None, help="output folder (default: benchmarks/results/quality/<model>-<preset>)"
+    )
     parser.add_argument("--model", default="smollm2", help="smollm2 (embedded), gemma3-270m, or a path / hub id")
     parser.add_argument("--tasks", nargs="+", choices=("french", "needle"), default=["french", "needle"])
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared, busy CPU)")
@@ -99,7 +106,14 @@ def run(args: argparse.Namespace, preset: str, out: str, command: str) -> None:
         task_start = time.time()
         sink = Sink(os.path.join(out, f"{task}.jsonl"), resume=args.resume)
         if task == "french":
-            run_french(engine, french_grid, sink, model_name=args.model, batch_size=args.batch_size, measure_max_length=measure_max)
+            run_french(
+                engine,
+                french_grid,
+                sink,
+                model_name=args.model,
+                batch_size=args.batch_size,
+                measure_max_length=measure_max,
+            )
         else:
             run_needle(engine, needle_grid, sink, model_name=args.model, batch_size=args.batch_size)
         meta_path = os.path.join(out, f"run_{task}.json")
@@ -130,7 +144,9 @@ def _samples(text: str) -> dict[int, int]:
         pairs = [item.split(":") for item in text.split(",") if item.strip()]
         samples = {int(length): int(count) for length, count in pairs}
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected LENGTH:SAMPLES[,LENGTH:SAMPLES…], e.g. 512:6,1024:4; got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected LENGTH:SAMPLES[,LENGTH:SAMPLES…], e.g. 512:6,1024:4; got {text!r}"
+        ) from None
     if not samples or any(n < 1 or k < 1 for n, k in samples.items()):
         raise argparse.ArgumentTypeError(f"lengths and sample counts must be positive integers, got {text!r}")
     return samples

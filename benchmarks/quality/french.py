@@ -62,7 +62,9 @@ def run_french(
                 progress.step(len(cells) - len(todo), "(resumed)")
             for batch in chunks(todo, batch_size):
                 prompts = [french_prompt(contexts[s], condition, p) for s, p in batch]
-                results = engine.generate_batch(prompts, max_new_tokens=max_new_tokens, delta_mid=condition.delta or None)
+                results = engine.generate_batch(
+                    prompts, max_new_tokens=max_new_tokens, delta_mid=condition.delta or None
+                )
                 records = []
                 for (s, position), result in zip(batch, results):
                     record = {
@@ -89,7 +91,9 @@ def run_french(
                 progress.step(len(batch), f"L={length} {condition.label}")
 
 
-def _measures(engine: Any, context: str, condition: Condition, position: str, fr_ids: list[int], en_ids: list[int]) -> dict:
+def _measures(
+    engine: Any, context: str, condition: Condition, position: str, fr_ids: list[int], en_ids: list[int]
+) -> dict:
     prompt = french_prompt(context, condition, position, measure=True)
     fr = measure(engine, prompt, condition.delta, fr_ids, "influence")
     en = measure(engine, prompt, condition.delta, en_ids, "attention_rollout")

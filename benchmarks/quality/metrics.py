@@ -20,7 +20,7 @@ def language(text: str) -> str | None:
         from langdetect import DetectorFactory, LangDetectException, detect
     except ImportError as error:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "the quality benchmark needs langdetect; install it with `pip install -e \".[quality]\"`"
+            'the quality benchmark needs langdetect; install it with `pip install -e ".[quality]"`'
         ) from error
     DetectorFactory.seed = 0
     if not _WORD.search(text):

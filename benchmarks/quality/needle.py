@@ -61,7 +61,9 @@ def run_needle(
                 prompts = [
                     needle_prompt(haystacks[s], code, depths[d], condition, p) for (s, d, p), code in zip(batch, codes)
                 ]
-                results = engine.generate_batch(prompts, max_new_tokens=max_new_tokens, delta_mid=condition.delta or None)
+                results = engine.generate_batch(
+                    prompts, max_new_tokens=max_new_tokens, delta_mid=condition.delta or None
+                )
                 sink.add(
                     [
                         {

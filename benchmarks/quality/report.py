@@ -37,7 +37,10 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
 
 def _grid_table(
-    records: Sequence[dict[str, Any]], column: str, cell: Callable[[list[dict[str, Any]]], Any], first: str = "condition"
+    records: Sequence[dict[str, Any]],
+    column: str,
+    cell: Callable[[list[dict[str, Any]]], Any],
+    first: str = "condition",
 ) -> str:
     """Rows: conditions; columns: values of ``column`` and "all"."""
     columns = _positions(records) if column == "position" else sorted({r[column] for r in records})
@@ -46,7 +49,9 @@ def _grid_table(
         groups[(r["condition"], r[column])].append(r)
         groups[(r["condition"], "all")].append(r)
     rows = [[label] + [cell(groups.get((label, c), [])) for c in columns + ["all"]] for label in _conditions(records)]
-    return _table([first] + [f"{column} {c:g}" if isinstance(c, (int, float)) else str(c) for c in columns] + ["all"], rows)
+    return _table(
+        [first] + [f"{column} {c:g}" if isinstance(c, (int, float)) else str(c) for c in columns] + ["all"], rows
+    )
 
 
 def _paired_p(records: Sequence[dict[str, Any]], label: str, outcome: str, pair: Sequence[str]) -> float:
@@ -87,7 +92,16 @@ def recommend(
         degenerate = rate([r["degenerate"] for r in rs]) if raw_degenerate is not None else None
         eligible = degenerate is None or degenerate.value <= raw_degenerate.value + MAX_DEGENERATION_INCREASE
         p = 1.0 if label == "raw" else _paired_p(pool, label, outcome, pair)
-        options.append({"label": label, "delta": rs[0]["delta"], "rate": success, "degenerate": degenerate, "p": p, "eligible": eligible})
+        options.append(
+            {
+                "label": label,
+                "delta": rs[0]["delta"],
+                "rate": success,
+                "degenerate": degenerate,
+                "p": p,
+                "eligible": eligible,
+            }
+        )
     best = max((o for o in options if o["eligible"]), key=lambda o: (o["rate"].value, -o["delta"]))
     significant = best["label"] != "raw" and best["p"] < 0.05 and best["rate"].value > raw_rate.value
     return {"best": best, "raw": raw_rate, "significant": significant, "options": options}
@@ -99,10 +113,13 @@ def _recommendation_text(rec: dict[str, Any], what: str) -> str:
     best, raw = rec["best"], rec["raw"]
     if best["label"] == "raw":
         return f"- {what}: **Δ = 0** — no Δ beat no emphasis ({raw}).\n"
-    verdict = "significant (paired McNemar p < 0.05)" if rec["significant"] else f"not significant (paired McNemar p = {best['p']:.2g})"
+    verdict = (
+        "significant (paired McNemar p < 0.05)"
+        if rec["significant"]
+        else f"not significant (paired McNemar p = {best['p']:.2g})"
+    )
     return (
-        f"- {what}: **Δ = {best['delta']:g}** — {best['rate']} against {raw} without emphasis; "
-        f"the gain is {verdict}.\n"
+        f"- {what}: **Δ = {best['delta']:g}** — {best['rate']} against {raw} without emphasis; the gain is {verdict}.\n"
     )
 
 
@@ -119,7 +136,7 @@ def french_section(records: Sequence[dict[str, Any]]) -> tuple[str, dict[str, An
     scored_all = _with_gain(records)
     if scored_all:
         out.append(
-            "\n### Headline: teacher-forced score, mean log P(\"Voici un résumé\") − log P(\"Here is a summary\") "
+            '\n### Headline: teacher-forced score, mean log P("Voici un résumé") − log P("Here is a summary") '
             "(mean change from no emphasis on the same prompt, prompts where it rose), both positions pooled\n\n"
         )
         out.append(_grid_table(scored_all, "length", _logprob_cell) + "\n\n")
@@ -133,8 +150,8 @@ def french_section(records: Sequence[dict[str, Any]]) -> tuple[str, dict[str, An
         scored = _with_gain(rs)  # the passes may stop at a maximum length
         if scored:
             out.append(
-                f"\n### Instruction {position} the text — teacher-forced score: mean log P(\"Voici un résumé\") − "
-                "log P(\"Here is a summary\") (change from no emphasis on the same prompt)\n\n"
+                f'\n### Instruction {position} the text — teacher-forced score: mean log P("Voici un résumé") − '
+                'log P("Here is a summary") (change from no emphasis on the same prompt)\n\n'
             )
             out.append(_grid_table(scored, "length", _logprob_cell) + "\n")
     pair = ("length", "sample", "position")
@@ -150,7 +167,13 @@ def french_section(records: Sequence[dict[str, Any]]) -> tuple[str, dict[str, An
     for label in _conditions(records):
         if label == "raw":
             continue
-        rows.append([label, rate([r["french"] for r in records if r["condition"] == label]), f"{_paired_p(records, label, 'french', pair):.2g}"])
+        rows.append(
+            [
+                label,
+                rate([r["french"] for r in records if r["condition"] == label]),
+                f"{_paired_p(records, label, 'french', pair):.2g}",
+            ]
+        )
     out.append(_table(["condition", "French rate", "McNemar p vs raw"], rows) + "\n")
     measured = [r for r in records if "influence_last" in r]
     if measured:
@@ -204,7 +227,14 @@ def auc_table(records: Sequence[dict[str, Any]]) -> str:
         labels = [r["french"] for r in rs]
         aucs = [roc_auc([r[p] for r in rs], labels) for p in PREDICTORS]
         rows.append([name, f"{sum(labels)}/{len(labels)}"] + ["–" if a is None else f"{a:.2f}" for a in aucs])
-    header = ["prompts", "French/total", "Influence (last layer)", "Influence (mean of layers)", "rollout (last layer)", "rollout (mean of layers)"]
+    header = [
+        "prompts",
+        "French/total",
+        "Influence (last layer)",
+        "Influence (mean of layers)",
+        "rollout (last layer)",
+        "rollout (mean of layers)",
+    ]
     return _table(header, rows)
 
 
@@ -243,7 +273,9 @@ def needle_section(records: Sequence[dict[str, Any]]) -> tuple[str, dict[str, An
     }
     out.append("\n### Recommended Δ (exact match, all lengths, depths and positions pooled)\n\n")
     out.append(_recommendation_text(recs["question"], "emphasis on the question (what a user can do)"))
-    out.append(_recommendation_text(recs["needle"], "emphasis on the needle (oracle: needs to know where the answer is)"))
+    out.append(
+        _recommendation_text(recs["needle"], "emphasis on the needle (oracle: needs to know where the answer is)")
+    )
     return "".join(out), {"recommendation": {k: _rec_summary(v) for k, v in recs.items()}}
 
 
@@ -252,7 +284,11 @@ def needle_section(records: Sequence[dict[str, Any]]) -> tuple[str, dict[str, An
 
 def _delta_axis(records: Sequence[dict[str, Any]], target: str | None = None) -> list[dict[str, Any]]:
     """Records of no emphasis (Δ = 0) and of GUIDE on ``target``."""
-    return [r for r in records if r["name"] == "raw" or (r["name"] == "guide" and (target is None or r.get("target") == target))]
+    return [
+        r
+        for r in records
+        if r["name"] == "raw" or (r["name"] == "guide" and (target is None or r.get("target") == target))
+    ]
 
 
 def plot_rates(
@@ -285,7 +321,16 @@ def plot_rates(
             shift = 0.03 * (index - len(lengths) / 2)  # side by side, so the bars stay readable
             style = {"color": "black", "linewidth": 2.5, "zorder": 3} if length == "all" else {"alpha": 0.75}
             label = "all lengths" if length == "all" else f"{length} tokens"
-            ax.errorbar([d + shift for d in deltas], values, yerr=[lower, upper], marker="o", capsize=3, elinewidth=1, label=label, **style)
+            ax.errorbar(
+                [d + shift for d in deltas],
+                values,
+                yerr=[lower, upper],
+                marker="o",
+                capsize=3,
+                elinewidth=1,
+                label=label,
+                **style,
+            )
         ax.set_ylim(-3, 103)
         ax.set_title(panel_title)
         ax.set_xlabel("Δ (0 = no emphasis)")
@@ -302,15 +347,19 @@ def plot_rates(
 
 def french_plot(records: Sequence[dict[str, Any]], path: str) -> str:
     rs = _delta_axis(records)
-    panels = [(f"instruction {p} the text", (lambda p: lambda r: r["position"] == p)(p)) for p in _positions(rs)]
-    return plot_rates(rs, "french", path, "Summarize in French: French rate vs Δ on the instruction", panels, "French rate (%)")
+    panels = [(f"instruction {p} the text", lambda r, p=p: r["position"] == p) for p in _positions(rs)]
+    return plot_rates(
+        rs, "french", path, "Summarize in French: French rate vs Δ on the instruction", panels, "French rate (%)"
+    )
 
 
 def needle_plot(records: Sequence[dict[str, Any]], path: str) -> str:
     panels = []
     for target in ("question", "needle"):
         for position in _positions(records):
-            keep = (lambda t, p: lambda r: r["position"] == p and (r["name"] == "raw" or r.get("target") == t))(target, position)
+            keep = (lambda t, p: lambda r: r["position"] == p and (r["name"] == "raw" or r.get("target") == t))(
+                target, position
+            )
             panels.append((f"Δ on the {target}, question {position}", keep))
     return plot_rates(records, "correct", path, "Needle in a haystack: exact match vs Δ", panels, "exact match (%)")
 

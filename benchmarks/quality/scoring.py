@@ -48,7 +48,9 @@ def opening_ids(engine: Any, opening: str) -> list[int]:
 
 
 @torch.inference_mode()
-def measure(engine: Any, prompt: str, delta: float, opening: list[int], metric: str, last_k: int = LAST_K) -> PromptMeasure:
+def measure(
+    engine: Any, prompt: str, delta: float, opening: list[int], metric: str, last_k: int = LAST_K
+) -> PromptMeasure:
     """Teacher-forced log-probability of ``opening`` and Influence of the prompt's ``<?->`` span.
 
     Args:

@@ -69,7 +69,7 @@ def roc_auc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
         from sklearn.metrics import roc_auc_score
     except ImportError as error:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "the quality benchmark needs scikit-learn; install it with `pip install -e \".[quality]\"`"
+            'the quality benchmark needs scikit-learn; install it with `pip install -e ".[quality]"`'
         ) from error
     return float(roc_auc_score([int(bool(y)) for y in labels], [float(s) for s in scores]))
 

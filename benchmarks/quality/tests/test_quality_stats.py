@@ -174,7 +174,9 @@ def test_source_paragraphs_are_prose_and_deterministic():
     paragraphs = source_paragraphs()
     assert len(paragraphs) > 500
     assert all(p.endswith(".") and "\n" not in p and not p.startswith(" ") for p in paragraphs)
-    assert paragraphs[0].startswith("These equivalences assume that \"__debug__\"")  # its ":"-ended predecessor is dropped
+    assert paragraphs[0].startswith(
+        'These equivalences assume that "__debug__"'
+    )  # its ":"-ended predecessor is dropped
     text = build_context(300, 3, words)
     assert text == build_context(300, 3, words) and 280 <= words(text) <= 300
 
@@ -250,8 +252,19 @@ def test_needle_codes_and_labels():
 
 def _french_records(label, name, delta, french, degenerate):
     return [
-        {"task": "french", "model": "m", "length": 128, "sample": i, "position": "before", "condition": label,
-         "name": name, "delta": delta, "french": f, "degenerate": g, "key": f"{label}|{i}"}
+        {
+            "task": "french",
+            "model": "m",
+            "length": 128,
+            "sample": i,
+            "position": "before",
+            "condition": label,
+            "name": name,
+            "delta": delta,
+            "french": f,
+            "degenerate": g,
+            "key": f"{label}|{i}",
+        }
         for i, (f, g) in enumerate(zip(french, degenerate))
     ]
 
@@ -291,7 +304,7 @@ def test_sink_resumes_and_report_is_written(tmp_path):
     assert [json.loads(line)["key"] for line in path.read_text().splitlines()] == [r["key"] for r in records]
     assert Sink(str(path), resume=False).records == [] and path.read_text() == ""
     Sink(str(path), resume=False).add(records)
-    report = (tmp_path / "report.md")
+    report = tmp_path / "report.md"
     assert write_report(str(tmp_path)) == str(report)
     text = report.read_text()
     assert "| raw | 30.0% (3/10, 10.8–60.3) | 30.0% (3/10, 10.8–60.3) |" in text
@@ -305,7 +318,12 @@ def test_teacher_forced_cell_pairs_each_prompt_with_no_emphasis():
     def record(name, sample, fr, en):
         return {"name": name, "length": 128, "sample": sample, "position": "before", "logprob_fr": fr, "logprob_en": en}
 
-    records = [record("raw", 0, -9.0, -3.0), record("raw", 1, -8.0, -4.0), record("guide", 0, -7.0, -3.0), record("guide", 1, -8.5, -4.0)]
+    records = [
+        record("raw", 0, -9.0, -3.0),
+        record("raw", 1, -8.0, -4.0),
+        record("guide", 0, -7.0, -3.0),
+        record("guide", 1, -8.5, -4.0),
+    ]
     scored = _with_gain(records)
     assert [r["tf"] for r in scored] == [-6.0, -4.0, -4.0, -4.5]
     assert [r["tf_gain"] for r in scored] == [None, None, 2.0, -0.5]
