@@ -91,7 +91,9 @@ def normalize_prompt(prompt: Prompt) -> list[dict[str, Any]] | str:
     return messages
 
 
-def _locate_contents(tokenizer: Any, messages: list[dict[str, Any]], rendered: str) -> list[int]:
+def _locate_contents(
+    tokenizer: Any, messages: list[dict[str, Any]], rendered: str, template_kwargs: dict[str, Any]
+) -> list[int]:
     """Character offset of each message's content in the rendered template.
 
     The template is rendered once more with a unique placeholder in place of each content, so a
@@ -100,7 +102,10 @@ def _locate_contents(tokenizer: Any, messages: list[dict[str, Any]], rendered: s
     """
     marks = [f"\ue000{i}\ue001" for i in range(len(messages))]
     marked = tokenizer.apply_chat_template(
-        [{**m, "content": mark} for m, mark in zip(messages, marks)], tokenize=False, add_generation_prompt=True
+        [{**m, "content": mark} for m, mark in zip(messages, marks)],
+        tokenize=False,
+        add_generation_prompt=True,
+        **template_kwargs,
     )
     positions = []
     for i, mark in enumerate(marks):
@@ -125,7 +130,7 @@ def _locate_contents(tokenizer: Any, messages: list[dict[str, Any]], rendered: s
 
 
 def _char_spans(
-    prompt: list[dict[str, Any]] | str, tokenizer: Any
+    prompt: list[dict[str, Any]] | str, tokenizer: Any, tools: list[dict[str, Any]] | None = None
 ) -> tuple[str, bool, list[tuple[int, int, Span, int | None]]]:
     """Render the prompt; return the text, whether to add special tokens, and absolute span ranges."""
     if isinstance(prompt, str) and not getattr(tokenizer, "chat_template", None):
@@ -136,16 +141,24 @@ def _char_spans(
         raise GuideValueError("a list of messages needs a tokenizer with a chat template; pass a plain string instead")
     parsed = [parse_tags(m["content"]) for m in messages]
     clean = [{**m, "content": p.text} for m, p in zip(messages, parsed)]
-    rendered = tokenizer.apply_chat_template(clean, tokenize=False, add_generation_prompt=True)
+    template_kwargs = {"tools": tools} if tools else {}
+    rendered = tokenizer.apply_chat_template(clean, tokenize=False, add_generation_prompt=True, **template_kwargs)
     spans: list[tuple[int, int, Span, int | None]] = []
     if any(p.spans for p in parsed):
-        bases = _locate_contents(tokenizer, clean, rendered)
+        bases = _locate_contents(tokenizer, clean, rendered, template_kwargs)
         for index, (base, p) in enumerate(zip(bases, parsed)):
             spans.extend((base + s.start, base + s.end, s, index) for s in p.spans)
     return rendered, False, spans
 
 
-def encode_prompt(prompt: Prompt, tokenizer: Any, *, delta_mid: float, delta_influence: float = 0.0) -> EncodedPrompt:
+def encode_prompt(
+    prompt: Prompt,
+    tokenizer: Any,
+    *,
+    delta_mid: float,
+    delta_influence: float = 0.0,
+    tools: list[dict[str, Any]] | None = None,
+) -> EncodedPrompt:
     """Tokenize a tagged prompt and assign each token its Δ.
 
     Args:
@@ -154,8 +167,10 @@ def encode_prompt(prompt: Prompt, tokenizer: Any, *, delta_mid: float, delta_inf
         tokenizer: a fast Hugging Face tokenizer (character offsets are needed for spans).
         delta_mid: Δ of level-2 emphasis; level 1 gets half, level 3 double.
         delta_influence: Δ applied to influence spans.
+        tools: OpenAI-style tools passed to the chat template's ``tools=`` (tool definitions are
+            rendered by the template, outside any message, so they never hold spans).
     """
-    text, add_special, char_spans = _char_spans(normalize_prompt(prompt), tokenizer)
+    text, add_special, char_spans = _char_spans(normalize_prompt(prompt), tokenizer, tools)
     if not char_spans:
         ids = tokenizer(text, add_special_tokens=add_special)["input_ids"]
         return EncodedPrompt(list(ids), text, (), [0.0] * len(ids), [False] * len(ids))

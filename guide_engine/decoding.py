@@ -15,12 +15,14 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 from transformers.generation.logits_process import (
     LogitsProcessorList,
+    RepetitionPenaltyLogitsProcessor,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
 
 from .attention import GuideAttentionState
+from .constraints import TokenMasks
 from .options import FinishReason, SamplingConfig
 
 __all__ = ["IncrementalDetokenizer", "RowDecoder", "decode_steps", "left_pad", "logits_processors"]
@@ -107,12 +109,14 @@ class RowDecoder:
             return self._append(self.detokenizer.flush(), final=True)
         return self._append(self.detokenizer.push(token_id), final=False)
 
-    def finish(self) -> str:
-        """The rest of the text when decoding stops for length (or was stopped)."""
+    def finish(self, reason: FinishReason = "length") -> str:
+        """The rest of the text when decoding stops for ``reason`` (``"length"``, or ``"timeout"``)."""
         if self.finish_reason is not None:
             return ""
-        self.finish_reason = "length"
-        return self._append(self.detokenizer.flush(), final=True)
+        text = self._append(self.detokenizer.flush(), final=True)
+        if self.finish_reason is None:  # (a stop string in the flushed text makes it "stop")
+            self.finish_reason = reason
+        return text
 
     def _append(self, new_text: str, final: bool) -> str:
         searched = len(self.text)
@@ -150,12 +154,20 @@ def decode_steps(
     max_new_tokens: int,
     pad_id: int,
     finished: torch.Tensor | None = None,
+    *,
+    masks: TokenMasks | None = None,
+    repetition_penalty: float = 1.0,
 ) -> Generator[torch.Tensor, None, None]:
     """Yield the next token of every row, ``(batch,)``, until ``max_new_tokens`` or all rows finish.
 
     The caller marks rows as done by setting ``finished[row] = True`` between steps (end of
     sequence, stop string); finished rows are fed padding and their tokens should be ignored.
     Closing the generator stops decoding at once.
+
+    Each step's logits go through transformers' ``RepetitionPenaltyLogitsProcessor`` (over each
+    row's own prompt and generated ids, padding excluded), then the grammar ``masks`` (one per
+    row), then the sampling warpers; masking before top-k/top-p keeps an allowed token among the
+    candidates.
     """
     batch = input_ids.shape[0]
     finished = torch.zeros(batch, dtype=torch.bool) if finished is None else finished
@@ -163,10 +175,14 @@ def decode_steps(
     if sampling.seed is not None:
         generator = torch.Generator(device=input_ids.device).manual_seed(sampling.seed)
     processors = logits_processors(sampling)
+    penalty = RepetitionPenaltyLogitsProcessor(repetition_penalty) if repetition_penalty != 1.0 else None
     cache = DynamicCache(config=model.config)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     kwargs = {"guide": state} if state is not None else {}
-    step_ids, seen = input_ids, input_ids
+    # Padding must not count as "seen": replace it by the row's first real token (the penalty
+    # looks at the set of ids, so a repeat changes nothing). Batch rows then equal single rows.
+    first_real = input_ids.gather(1, attention_mask.argmax(dim=1, keepdim=True))  # (batch, 1)
+    step_ids, seen = input_ids, torch.where(attention_mask.bool(), input_ids, first_real)
     for _ in range(max_new_tokens):
         out = model(
             input_ids=step_ids,
@@ -178,6 +194,10 @@ def decode_steps(
             **kwargs,
         )
         logits = out.logits[:, -1, :].float()  # (batch, vocab)
+        if penalty is not None:
+            logits = penalty(seen, logits)
+        if masks is not None:
+            masks.apply(logits, finished)
         scores = processors(seen, logits)  # type: ignore[arg-type]  # (LongTensor is a legacy alias)
         if sampling.greedy:
             next_ids = scores.argmax(dim=-1)
@@ -185,6 +205,8 @@ def decode_steps(
             probs = torch.softmax(scores, dim=-1)
             next_ids = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         next_ids = torch.where(finished.to(next_ids.device), torch.full_like(next_ids, pad_id), next_ids)
+        if masks is not None:
+            masks.advance(next_ids, finished)
         yield next_ids
         if bool(finished.all()):
             return

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import threading
+import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,8 +13,15 @@ import torch
 
 from .alignment import AppliedSpan, EncodedPrompt, Prompt, encode_prompt
 from .attention import ATTENTION_NAME, build_state
+from .constraints import GrammarCompiler, TokenMasks, request_grammar
 from .decoding import RowDecoder, decode_steps, left_pad
-from .errors import ContextLengthError, GuideValueError, ModelNotSupportedError, require_finite
+from .errors import (
+    ContextLengthError,
+    GenerationTimeoutError,
+    GuideValueError,
+    ModelNotSupportedError,
+    require_finite,
+)
 from .influence import InfluenceHooks, InfluenceResult, attach_hooks, compute_influence
 from .loading import load_model_and_tokenizer
 from .options import (
@@ -24,6 +34,7 @@ from .options import (
     check_positive_int,
     request_options,
 )
+from .tools import ToolCall, has_tool_traffic, prepare_messages, split_tool_calls, template_uses_tools
 
 __all__ = ["GenerationResult", "GenerationStream", "GuideEngine"]
 
@@ -36,11 +47,16 @@ class GenerationResult:
         text: the generated text (cut before a stop string, if one was hit).
         prompt_tokens: number of prompt tokens.
         completion_tokens: number of generated tokens (the end-of-sequence token included).
-        finish_reason: ``"stop"`` (end of sequence or a stop string) or ``"length"``.
+        finish_reason: ``"stop"`` (end of sequence or a stop string), ``"length"``,
+            ``"tool_calls"`` (the answer is tool calls) or ``"timeout"`` (only on the partial
+            result of a :class:`~guide_engine.errors.GenerationTimeoutError`).
         spans: the spans that were applied, with their Δ and token ranges.
         token_ids: the generated token ids.
         prompt_text: the rendered prompt the model saw (tags removed).
         influence: Influence or rollout of the ``<?->`` span when a metric was asked for.
+        tool_calls: the calls the model made (empty when none); ``text`` is then what is outside them.
+        parsed: the parsed JSON value for a JSON ``response_format`` (``None`` otherwise, or when the
+            output was cut short by ``max_new_tokens``).
     """
 
     text: str
@@ -51,6 +67,8 @@ class GenerationResult:
     token_ids: list[int] = field(repr=False)
     prompt_text: str = field(repr=False)
     influence: InfluenceResult | None = field(default=None, repr=False)
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    parsed: Any = None
 
 
 class GenerationStream:
@@ -134,6 +152,9 @@ class GuideEngine:
         self.eos_ids = _eos_ids(model, tokenizer)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids, default=0)
         self.pad_id = int(pad)
+        self.grammars = GrammarCompiler(tokenizer, sorted(self.eos_ids))
+        self._template_tools: bool | None = None
+        self._template_lock = threading.Lock()
         self.model.eval()
 
     @classmethod
@@ -194,6 +215,14 @@ class GuideEngine:
         """Whether Influence can be measured on this model (decoder layers with ``self_attn``)."""
         return self._influence_hooks is not None and self._influence_hooks.attached
 
+    @property
+    def template_uses_tools(self) -> bool:
+        """Whether the chat template renders ``tools=`` (else tools go in the fallback system text)."""
+        if self._template_tools is None:
+            with self._template_lock:
+                self._template_tools = template_uses_tools(self.tokenizer)
+        return self._template_tools
+
     def close(self) -> None:
         """Detach the influence hooks from the model (once no other engine on it needs them)."""
         if self._influence_hooks is not None:
@@ -206,12 +235,21 @@ class GuideEngine:
 
     # ----------------------------------------------------------------------------------- requests
 
-    def encode(self, prompt: Prompt, *, delta_mid: float | None = None, delta_influence: float = 0.0) -> EncodedPrompt:
-        """Tokenize a tagged prompt and compute each token's Δ (tags never change the ids)."""
-        options = self.request_options(delta_mid=delta_mid, delta_influence=delta_influence)
-        return encode_prompt(
-            prompt, self.tokenizer, delta_mid=options.delta_mid, delta_influence=options.delta_influence
-        )
+    def encode(
+        self,
+        prompt: Prompt,
+        *,
+        delta_mid: float | None = None,
+        delta_influence: float = 0.0,
+        tools: Sequence[dict[str, Any]] | None = None,
+    ) -> EncodedPrompt:
+        """Tokenize a tagged prompt and compute each token's Δ (tags never change the ids).
+
+        With ``tools`` (OpenAI-style), the prompt is rendered with them as a request would render it,
+        so ``len(encode(...).input_ids)`` counts the prompt tokens of that request.
+        """
+        options = self.request_options(delta_mid=delta_mid, delta_influence=delta_influence, tools=tools)
+        return self._render(prompt, options)
 
     def generate(self, prompt: Prompt, **options: Any) -> GenerationResult:
         """Generate a completion of a tagged prompt.
@@ -221,21 +259,31 @@ class GuideEngine:
                 or a list of ``{"role", "content"}`` messages; tags may appear in any message.
             **options: ``max_new_tokens``, ``temperature`` (0 = greedy), ``top_p``, ``top_k``,
                 ``seed``, ``stop`` (strings), ``delta_mid``, ``delta_influence``, ``layers``,
-                ``heads``, ``metric`` (``"influence"`` or ``"attention_rollout"``).
+                ``heads``, ``metric`` (``"influence"`` or ``"attention_rollout"``),
+                ``response_format``, ``tools``, ``tool_choice``, ``repetition_penalty``, ``timeout``
+                (see ``docs/structured-output.md``).
+
+        Raises:
+            GenerationTimeoutError: past ``timeout`` seconds; its ``.partial`` is the result so far.
         """
         return self.stream(prompt, **options).run_to_end()
 
     def stream(self, prompt: Prompt, **options: Any) -> GenerationStream:
-        """Like :meth:`generate`, but yields text pieces as tokens are produced."""
+        """Like :meth:`generate`, but yields text pieces as tokens are produced.
+
+        Tool calls stream as their raw ``<tool_call>…</tool_call>`` text; ``.result`` has them parsed.
+        """
         request = self.request_options(**options)
+        deadline = _deadline(request)
         encoded = self._encode_checked(prompt, request)
-        return GenerationStream(self._stream_pieces(encoded, request))
+        return GenerationStream(self._stream_pieces(encoded, request, deadline))
 
     def generate_batch(self, prompts: Sequence[Prompt], **options: Any) -> list[GenerationResult]:
         """Generate for several prompts in one left-padded batch; each row keeps its own spans."""
         if isinstance(prompts, str) or not isinstance(prompts, Sequence) or not prompts:
             raise GuideValueError(f"generate_batch takes a non-empty list of prompts, got {type(prompts).__name__}")
         request = self.request_options(**options)
+        deadline = _deadline(request)
         encoded = [self._encode_checked(p, request) for p in prompts]
         decoders = [RowDecoder(self.tokenizer, request.stop, self.eos_ids) for _ in encoded]
         finished = torch.zeros(len(encoded), dtype=torch.bool)
@@ -246,13 +294,20 @@ class GuideEngine:
                     if not finished[row]:
                         decoders[row].push(token)
                         finished[row] = decoders[row].finish_reason is not None
+                if deadline is not None and not bool(finished.all()) and time.monotonic() > deadline:
+                    for decoder in decoders:
+                        decoder.finish("timeout")
+                    partial = [self._result(e, d, request) for e, d in zip(encoded, decoders)]
+                    raise GenerationTimeoutError(_timeout_message(request), partial)
         finally:
             steps.close()
         return [self._result(e, d, request) for e, d in zip(encoded, decoders)]
 
     # -------------------------------------------------------------------------------- internals
 
-    def _stream_pieces(self, encoded: EncodedPrompt, request: RequestOptions) -> Generator[str, None, GenerationResult]:
+    def _stream_pieces(
+        self, encoded: EncodedPrompt, request: RequestOptions, deadline: float | None
+    ) -> Generator[str, None, GenerationResult]:
         decoder = RowDecoder(self.tokenizer, request.stop, self.eos_ids)
         finished = torch.zeros(1, dtype=torch.bool)
         steps = self._steps([encoded], request, finished)
@@ -264,6 +319,9 @@ class GuideEngine:
                     yield piece
                 if finished[0]:
                     break
+                if deadline is not None and time.monotonic() > deadline:
+                    decoder.finish("timeout")
+                    raise GenerationTimeoutError(_timeout_message(request), self._result(encoded, decoder, request))
         finally:
             steps.close()
         rest = decoder.finish()
@@ -281,28 +339,74 @@ class GuideEngine:
         budget = request.max_new_tokens
         if self.context_length is not None:
             budget = min(budget, self.context_length - longest)
-        return decode_steps(self.model, ids, mask, state, request.sampling, budget, self.pad_id, finished)
+        masks = self._masks(request, len(encoded))
+        return decode_steps(
+            self.model,
+            ids,
+            mask,
+            state,
+            request.sampling,
+            budget,
+            self.pad_id,
+            finished,
+            masks=masks,
+            repetition_penalty=request.repetition_penalty,
+        )
+
+    def _masks(self, request: RequestOptions, rows: int) -> TokenMasks | None:
+        grammar = request_grammar(request)
+        if grammar is None:
+            return None
+        return self.grammars.masks([self.grammars.matcher(grammar) for _ in range(rows)])
 
     def _result(self, encoded: EncodedPrompt, decoder: RowDecoder, request: RequestOptions) -> GenerationResult:
         decoder.finish()
+        finish_reason: FinishReason = decoder.finish_reason or "length"
         influence = None
-        if request.metric is not None:
+        if request.metric is not None and finish_reason != "timeout":
             influence = compute_influence(self.model, self.tokenizer, encoded, decoder.ids, request)
+        text, calls, parsed = decoder.text, list[ToolCall](), None
+        if request.calls_tools:
+            text, calls = split_tool_calls(text)
+            if calls and finish_reason == "stop":
+                finish_reason = "tool_calls"
+        if request.response_format is not None:
+            try:
+                parsed = json.loads(text)
+            except json.JSONDecodeError:
+                parsed = None  # cut short (max_new_tokens, a stop string, the timeout)
         return GenerationResult(
-            text=decoder.text,
+            text=text,
             prompt_tokens=len(encoded.input_ids),
             completion_tokens=len(decoder.ids),
-            finish_reason=decoder.finish_reason or "length",
+            finish_reason=finish_reason,
             spans=encoded.spans,
             token_ids=list(decoder.ids),
             prompt_text=encoded.text,
             influence=influence,
+            tool_calls=calls,
+            parsed=parsed,
+        )
+
+    def _render(self, prompt: Prompt, request: RequestOptions) -> EncodedPrompt:
+        """The prompt with its tools and tool traffic, through the chat template, tokenized."""
+        template_tools = None
+        if request.tools or has_tool_traffic(prompt):
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise GuideValueError("tools and tool messages need a tokenizer with a chat template")
+            prompt = prepare_messages(prompt, request.tools, template_tools=self.template_uses_tools)
+            if request.tools and self.template_uses_tools:
+                template_tools = [tool.to_openai() for tool in request.tools]
+        return encode_prompt(
+            prompt,
+            self.tokenizer,
+            delta_mid=request.delta_mid,
+            delta_influence=request.delta_influence,
+            tools=template_tools,
         )
 
     def _encode_checked(self, prompt: Prompt, request: RequestOptions) -> EncodedPrompt:
-        encoded = encode_prompt(
-            prompt, self.tokenizer, delta_mid=request.delta_mid, delta_influence=request.delta_influence
-        )
+        encoded = self._render(prompt, request)
         n = len(encoded.input_ids)
         if self.context_length is not None and n >= self.context_length:
             raise ContextLengthError(
@@ -318,6 +422,14 @@ class GuideEngine:
                 f"metric={request.metric!r} needs an influence span: wrap the text to measure in <?-> … <-?>"
             )
         return encoded
+
+
+def _deadline(request: RequestOptions) -> float | None:
+    return None if request.timeout is None else time.monotonic() + request.timeout
+
+
+def _timeout_message(request: RequestOptions) -> str:
+    return f"generation ran past timeout={request.timeout:g} s; .partial holds what was generated until then"
 
 
 def _use_guide_attention(model: Any) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 __all__ = [
     "ContextLengthError",
+    "GenerationTimeoutError",
     "GuideError",
     "GuideValueError",
     "MissingDependencyError",
@@ -55,6 +56,20 @@ class ModelNotSupportedError(GuideError):
 
 class ContextLengthError(GuideValueError):
     """The prompt (plus requested new tokens) is longer than the model's context."""
+
+
+class GenerationTimeoutError(GuideError, TimeoutError):
+    """A request ran past its ``timeout``.
+
+    Attributes:
+        partial: what was generated until then: a ``GenerationResult`` with finish_reason
+            ``"timeout"`` (a list of them, one per row, for ``generate_batch``); ``None`` when the
+            error was rebuilt without it (unpickled).
+    """
+
+    def __init__(self, message: str, partial: Any = None) -> None:
+        super().__init__(message)
+        self.partial = partial
 
 
 class MissingDependencyError(GuideError, ImportError):

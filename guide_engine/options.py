@@ -7,11 +7,12 @@ The engine, the pipeline, the CLI and both integrations take the same option nam
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from .errors import GuideValueError, require_finite
+from .tools import ToolSpec, check_tool_choice, check_tools
 
 __all__ = [
     "METRICS",
@@ -21,11 +22,13 @@ __all__ = [
     "Layers",
     "Metric",
     "RequestOptions",
+    "ResponseFormat",
     "SamplingConfig",
     "check_heads",
     "check_layers",
     "check_metric",
     "check_positive_int",
+    "check_response_format",
     "request_options",
 ]
 
@@ -33,7 +36,7 @@ Metric = Literal["influence", "attention_rollout"]
 METRICS: tuple[str, ...] = get_args(Metric)
 """The measurements a request may ask for with ``metric=``."""
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls", "timeout"]
 Layers = Literal["all"] | Sequence[int]
 
 REQUEST_OPTIONS = (
@@ -48,6 +51,11 @@ REQUEST_OPTIONS = (
     "layers",
     "heads",
     "metric",
+    "response_format",
+    "tools",
+    "tool_choice",
+    "repetition_penalty",
+    "timeout",
 )
 """Keyword arguments of ``GuideEngine.generate``, ``stream`` and ``generate_batch``."""
 
@@ -68,8 +76,27 @@ class SamplingConfig:
 
 
 @dataclass(frozen=True)
+class ResponseFormat:
+    """A checked ``response_format`` that constrains the output (``{"type": "text"}`` is ``None``).
+
+    Attributes:
+        type: ``"json_object"`` (any JSON object) or ``"json_schema"``.
+        schema: the JSON schema the output validates against (``{"type": "object"}`` for json_object).
+        name: the schema's name, when given.
+    """
+
+    type: Literal["json_object", "json_schema"]
+    schema: Mapping[str, Any]
+    name: str | None = None
+
+
+@dataclass(frozen=True)
 class RequestOptions:
-    """Validated settings of one request (unset ones filled from :class:`EngineDefaults`)."""
+    """Validated settings of one request (unset ones filled from :class:`EngineDefaults`).
+
+    ``tool_choice`` is ``"auto"``, ``"none"``, ``"required"`` or the name of the one tool to call;
+    ``timeout`` is in seconds (``None``: no limit).
+    """
 
     max_new_tokens: int
     sampling: SamplingConfig
@@ -79,6 +106,21 @@ class RequestOptions:
     layers: frozenset[int] | None
     heads: tuple[int, ...] | None
     metric: Metric | None
+    response_format: ResponseFormat | None = None
+    tools: tuple[ToolSpec, ...] = field(default=())
+    tool_choice: str = "none"
+    repetition_penalty: float = 1.0
+    timeout: float | None = None
+
+    @property
+    def calls_tools(self) -> bool:
+        """Whether the model may answer with tool calls."""
+        return bool(self.tools) and self.tool_choice != "none"
+
+    @property
+    def constrained(self) -> bool:
+        """Whether decoding follows a grammar (a JSON response format or tool calls)."""
+        return self.response_format is not None or self.calls_tools
 
 
 @dataclass(frozen=True)
@@ -147,6 +189,38 @@ def _check_stop(stop: Any) -> tuple[str, ...]:
     return stops
 
 
+def check_response_format(response_format: Any) -> ResponseFormat | None:
+    """An OpenAI-style ``response_format`` as a :class:`ResponseFormat` (``None`` for plain text)."""
+    allowed = (
+        'None, {"type": "text"}, {"type": "json_object"} or '
+        '{"type": "json_schema", "json_schema": {"name": str, "schema": dict}}'
+    )
+    if response_format is None:
+        return None
+    kind = response_format.get("type") if isinstance(response_format, Mapping) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return ResponseFormat("json_object", {"type": "object"})
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, Mapping) else None
+        if not isinstance(schema, Mapping):
+            raise GuideValueError(
+                f"response_format json_schema needs a 'schema' dict: {allowed}; got {response_format!r:.160}"
+            )
+        name = spec.get("name") if isinstance(spec, Mapping) else None
+        return ResponseFormat("json_schema", dict(schema), name if isinstance(name, str) else None)
+    raise GuideValueError(f"response_format must be {allowed}, got {response_format!r:.160}")
+
+
+def _check_positive(name: str, value: Any, meaning: str) -> float:
+    number = require_finite(name, value)
+    if number <= 0:
+        raise GuideValueError(f"{name} must be > 0 ({meaning}), got {value!r}")
+    return number
+
+
 def request_options(defaults: EngineDefaults, **options: Any) -> RequestOptions:
     """Check one request's options and fill in the defaults.
 
@@ -175,6 +249,15 @@ def request_options(defaults: EngineDefaults, **options: Any) -> RequestOptions:
     seed = given.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise GuideValueError(f"seed must be an integer or None, got {seed!r}")
+    response_format = check_response_format(given.get("response_format"))
+    tools = check_tools(given.get("tools"))
+    tool_choice = check_tool_choice(given.get("tool_choice"), tools)
+    if response_format is not None and tools and tool_choice != "none":
+        raise GuideValueError(
+            f"response_format={response_format.type!r} and tools with tool_choice={tool_choice!r} cannot be combined: "
+            "the answer is either JSON or tool calls; pass tool_choice='none' or drop one of them"
+        )
+    timeout = given.get("timeout")
     return RequestOptions(
         max_new_tokens=check_positive_int("max_new_tokens", given.get("max_new_tokens", defaults.max_new_tokens)),
         sampling=SamplingConfig(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed),
@@ -184,4 +267,11 @@ def request_options(defaults: EngineDefaults, **options: Any) -> RequestOptions:
         layers=check_layers(given["layers"], defaults.num_layers) if "layers" in given else defaults.layers,
         heads=check_heads(given["heads"], defaults.num_heads) if "heads" in given else defaults.heads,
         metric=check_metric(given.get("metric")),
+        response_format=response_format,
+        tools=tools,
+        tool_choice=tool_choice,
+        repetition_penalty=_check_positive(
+            "repetition_penalty", given.get("repetition_penalty", 1.0), "1.0 = off, above 1 discourages repeats"
+        ),
+        timeout=None if timeout is None else _check_positive("timeout", timeout, "seconds of wall-clock time"),
     )

@@ -1,0 +1,192 @@
+"""Constrained decoding: a grammar per row becomes a token mask on the logits.
+
+The grammar library is llguidance (a 3 MB wheel without dependencies that runs on the CPU and
+computes a mask in well under a millisecond); it is imported only when a request asks for a JSON
+``response_format`` or tool calls. A JSON schema becomes a grammar through llguidance's own
+compiler; tool calls are a Lark grammar with one ``%json`` sub-grammar per tool (see
+:func:`tool_call_grammar`). Each row of a batch gets its own matcher, so rows may follow different
+grammars, or none.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import GuideError, GuideValueError, MissingDependencyError
+from .options import RequestOptions
+from .tools import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, ToolSpec
+
+__all__ = ["JSON_STYLE", "GrammarCompiler", "TokenMasks", "json_schema_grammar", "request_grammar", "tool_call_grammar"]
+
+JSON_STYLE: dict[str, Any] = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+"""How constrained JSON is laid out: ``{"a": 1, "b": [2, 3]}``, one line, no free whitespace
+(a small model cannot run away in blanks, and the layout is the one models are trained on)."""
+
+INSTALL = "pip install 'guide-attention[structured]'"
+
+
+def load_llguidance() -> Any:
+    """The ``llguidance`` module, or a :class:`MissingDependencyError` with the pip command."""
+    try:
+        import llguidance
+        import llguidance.hf
+    except ImportError as missing:
+        raise MissingDependencyError(
+            f"constrained decoding (response_format, tools) needs llguidance: {INSTALL}"
+        ) from missing
+    return llguidance
+
+
+def _checked(grammar: str, what: str) -> str:
+    error = load_llguidance().LLMatcher.validate_grammar(grammar)
+    if error:
+        raise GuideValueError(f"{what} cannot be enforced: {error.strip().splitlines()[0]}")
+    return grammar
+
+
+def json_schema_grammar(schema: Mapping[str, Any], what: str = "response_format schema") -> str:
+    """The grammar of JSON values that validate against ``schema`` (laid out as :data:`JSON_STYLE`).
+
+    Raises:
+        GuideValueError: when llguidance cannot compile the schema (the message names ``what``).
+    """
+    llguidance = load_llguidance()
+    try:
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(dict(schema), defaults=JSON_STYLE)
+    except (ValueError, TypeError) as error:
+        raise GuideValueError(f"{what} is not a JSON schema: {error}") from None
+    return _checked(grammar, what)
+
+
+def tool_call_grammar(tools: Sequence[ToolSpec], tool_choice: str) -> str:
+    """The grammar of an answer under ``tool_choice`` (``"auto"``, ``"required"`` or a tool name).
+
+    A call is ``<tool_call>{"name": <tool>, "arguments": <its parameters>}</tool_call>``.
+    ``"required"``: one or more calls, one per line. A name: exactly one call of that tool.
+    ``"auto"``: the same calls, or text that contains no ``<tool_call>`` at all.
+    """
+    chosen = [t for t in tools if t.name == tool_choice] or list(tools)
+    rules = []
+    for i, tool in enumerate(chosen):
+        json_schema_grammar(tool.parameters, f"tool {tool.name!r} parameters")  # names the bad tool
+        body = {
+            "type": "object",
+            "properties": {"name": {"const": tool.name}, "arguments": dict(tool.parameters)},
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+            "x-guidance": JSON_STYLE,
+        }
+        rules.append(f"tool_{i}: %json {json.dumps(body)}")
+    alternatives = " | ".join(f"tool_{i}" for i in range(len(chosen)))
+    start = {"auto": "TEXT | calls", "required": "calls"}.get(tool_choice, "call")
+    lark = "\n".join(
+        [
+            f"start: {start}",
+            'calls: call ("\\n" call)*',
+            f"call: {json.dumps(TOOL_CALL_OPEN)} ({alternatives}) {json.dumps(TOOL_CALL_CLOSE)}",
+            *rules,
+            f"TEXT: /(.|\\n)+/ & ~/(.|\\n)*{TOOL_CALL_OPEN}(.|\\n)*/",
+        ]
+    )
+    return _checked(load_llguidance().LLMatcher.grammar_from_lark(lark), "the tool-call grammar")
+
+
+def request_grammar(request: RequestOptions) -> str | None:
+    """The grammar a request's output must follow, or ``None`` when it is free text."""
+    if request.response_format is not None:
+        return json_schema_grammar(request.response_format.schema)
+    if request.calls_tools:
+        return tool_call_grammar(request.tools, request.tool_choice)
+    return None
+
+
+class GrammarCompiler:
+    """llguidance's view of one tokenizer's vocabulary, built on first use (once, thread-safe).
+
+    Args:
+        tokenizer: a fast Hugging Face tokenizer.
+        eos_ids: the ids that end a sequence; a finished grammar allows only these.
+    """
+
+    def __init__(self, tokenizer: Any, eos_ids: Sequence[int]) -> None:
+        self.tokenizer = tokenizer
+        self.eos_ids = sorted(eos_ids)
+        self._lltokenizer: Any = None
+        self._lock = threading.Lock()
+
+    def lltokenizer(self) -> Any:
+        """The ``llguidance.LLTokenizer`` (about a second to build for a 50k vocabulary)."""
+        if self._lltokenizer is None:
+            with self._lock:
+                if self._lltokenizer is None:
+                    llguidance = load_llguidance()
+                    eos = self.eos_ids or None
+                    self._lltokenizer = llguidance.hf.from_tokenizer(self.tokenizer, eos_token=eos)
+        return self._lltokenizer
+
+    def matcher(self, grammar: str) -> Any:
+        """A fresh ``llguidance.LLMatcher`` at the start of ``grammar``."""
+        llguidance = load_llguidance()
+        matcher = llguidance.LLMatcher(self.lltokenizer(), grammar)
+        if matcher.is_error():
+            raise GuideValueError(f"the grammar cannot be used: {matcher.get_error().strip().splitlines()[0]}")
+        return matcher
+
+    def masks(self, matchers: Sequence[Any]) -> TokenMasks:
+        """Masks for one decoding loop, one matcher (or ``None``: unconstrained) per row."""
+        return TokenMasks(matchers, self.lltokenizer().vocab_size, self.eos_ids)
+
+
+class TokenMasks:
+    """The grammar state of every row of one decoding loop.
+
+    Each step :meth:`apply` sets the logits of tokens a row's grammar forbids to ``-inf`` (a row
+    whose grammar is complete may only end: end-of-sequence), then :meth:`advance` moves each
+    matcher past the token that was chosen.
+
+    Args:
+        matchers: one ``llguidance.LLMatcher`` per row, ``None`` for a row without a grammar.
+        vocab_size: llguidance's vocabulary size (the model's logits may be wider).
+        eos_ids: the end-of-sequence ids.
+    """
+
+    def __init__(self, matchers: Sequence[Any], vocab_size: int, eos_ids: Sequence[int]) -> None:
+        self.matchers = list(matchers)
+        self.vocab_size = vocab_size
+        self.eos_ids = list(eos_ids)
+        words = (vocab_size + 31) // 32
+        self.bitmask = torch.zeros((len(self.matchers), words), dtype=torch.int32)  # (batch, words), 1 bit per token
+
+    def apply(self, logits: torch.Tensor, finished: torch.Tensor) -> None:
+        """Mask ``logits`` ``(batch, vocab)`` in place on the rows that have a grammar and are running."""
+        width = logits.shape[-1]
+        for row, matcher in enumerate(self.matchers):
+            if matcher is None or bool(finished[row]):
+                continue
+            if matcher.is_stopped():  # the grammar is complete: only end-of-sequence
+                allowed = torch.zeros(width, dtype=torch.bool)
+                allowed[[e for e in self.eos_ids if e < width]] = True
+            else:
+                bits = self.bitmask[row]  # (words,) int32, contiguous
+                matcher.unsafe_compute_mask_ptr(bits.data_ptr(), bits.numel() * bits.element_size())
+                # little-endian words: bit j of word i is token 32 * i + j
+                unpacked = np.unpackbits(bits.numpy().view(np.uint8), bitorder="little")[:width]
+                allowed = torch.from_numpy(unpacked).view(torch.bool)  # (vocab,)
+                if allowed.shape[0] < width:  # model vocabulary wider than the tokenizer's: never allowed
+                    allowed = torch.nn.functional.pad(allowed, (0, width - allowed.shape[0]), value=False)
+            logits[row].masked_fill_(~allowed.to(logits.device), float("-inf"))
+
+    def advance(self, next_ids: torch.Tensor, finished: torch.Tensor) -> None:
+        """Feed each running, constrained row's chosen token to its matcher."""
+        for row, matcher in enumerate(self.matchers):
+            if matcher is None or bool(finished[row]) or matcher.is_stopped():
+                continue
+            token = int(next_ids[row])
+            if not matcher.consume_token(token):
+                raise GuideError(f"internal error: the grammar refused token {token}: {matcher.get_error()[:200]}")
