@@ -4,8 +4,9 @@ Importing the package registers the ``"guide"`` attention implementation with tr
 ``AttentionInterface`` (and its mask builder) and the ``"pay-attention"`` pipeline task, once.
 
 Modules, each importing only those listed before it: ``errors`` → ``tags`` → ``alignment`` →
-``options`` → ``plots`` → ``attention`` → ``influence`` → ``decoding`` → ``loading`` → ``engine``
-→ ``registry`` → ``pipeline`` → ``cli`` (checked by ``tests/test_architecture.py``).
+``tools`` → ``options`` → ``constraints`` → ``plots`` → ``attention`` → ``influence`` →
+``decoding`` → ``loading`` → ``engine`` → ``registry`` → ``pipeline`` → ``cli`` (checked by
+``tests/test_architecture.py``).
 """
 
 from .alignment import AppliedSpan, EncodedPrompt
@@ -13,6 +14,7 @@ from .attention import register as _register_attention
 from .engine import GenerationResult, GenerationStream, GuideEngine
 from .errors import (
     ContextLengthError,
+    GenerationTimeoutError,
     GuideError,
     GuideValueError,
     InfluenceError,
@@ -27,17 +29,21 @@ from .pipeline import PayAttentionPipeline
 from .pipeline import register_pipeline as _register_pipeline
 from .registry import shared_engine
 from .tags import ParsedText, Span, escape_tags, parse_tags, strip_tags
+from .tools import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, ToolCall
 
 _register_attention()
 _register_pipeline()
 
 __all__ = [
     "REQUEST_OPTIONS",
+    "TOOL_CALL_CLOSE",
+    "TOOL_CALL_OPEN",
     "AppliedSpan",
     "ContextLengthError",
     "EncodedPrompt",
     "GenerationResult",
     "GenerationStream",
+    "GenerationTimeoutError",
     "GuideEngine",
     "GuideError",
     "GuideValueError",
@@ -50,6 +56,7 @@ __all__ = [
     "PayAttentionPipeline",
     "Span",
     "TagError",
+    "ToolCall",
     "escape_tags",
     "parse_tags",
     "shared_engine",
