@@ -7,8 +7,13 @@ Install with ``pip install "guide-attention[langchain]"``.
   ``batch`` (one engine batch) and ``abatch`` are native.
 - :class:`InfluenceCallbackHandler` — collects the ``"guide_influence"`` events a ``<?->`` span
   produces, as :class:`~guide_engine.InfluenceResult` objects that plot and export themselves.
+- :class:`GuideChatPromptTemplate` — a drop-in ``ChatPromptTemplate`` that escapes every variable
+  value where it lands (chat history included), so only the template's own tags become spans.
 - :data:`escape_documents` / :func:`escape_untrusted` — make retrieved documents, tool output or
-  end-user text literal before it enters a template, so it cannot create spans.
+  end-user text literal before it enters a plain template, so it cannot create spans.
+
+``ChatGuide`` also binds tools (``bind_tools``), returns structured output
+(``with_structured_output``) and counts tokens with the model's own tokenizer.
 """
 
 from __future__ import annotations
@@ -25,10 +30,12 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
 from .callbacks import INFLUENCE_EVENT, InfluenceCallbackHandler
 from .chat_model import ChatGuide
 from .messages import MessageError, escape_documents, escape_untrusted, to_engine_prompt
+from .prompts import GuideChatPromptTemplate
 
 __all__ = [
     "INFLUENCE_EVENT",
     "ChatGuide",
+    "GuideChatPromptTemplate",
     "InfluenceCallbackHandler",
     "MessageError",
     "escape_documents",

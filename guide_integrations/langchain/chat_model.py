@@ -3,24 +3,49 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import LangSmithParams, LanguageModelInput
-from langchain_core.messages import AIMessageChunk, BaseMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import RunnableConfig
-from pydantic import ConfigDict, Field, field_validator
+from langchain_core.runnables import Runnable, RunnableConfig
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from guide_engine import GenerationResult, GenerationStream, GuideEngine, GuideError
+from guide_engine import (
+    GenerationResult,
+    GenerationStream,
+    GuideEngine,
+    GuideError,
+    shared_engine,
+    strip_tags,
+)
+from guide_engine.errors import GenerationTimeoutError, GuideValueError
 
 from ..core import MetricName, astream_pieces, model_display_name
 from . import batching
 from .callbacks import INFLUENCE_EVENT
-from .messages import final_chunk, to_ai_message
+from .messages import (
+    ToolCallStreamFilter,
+    final_chunk,
+    to_ai_message,
+    to_engine_prompt,
+    tool_call_chunks,
+    unfinished_call_chunks,
+)
 from .request import ENGINE_EXTRAS, Request, build_request
 from .runs import RunAwareChatModel, RunEvents, take_run_events
+from .tools import (
+    StructuredMethod,
+    ToolLike,
+    count_prompt_tokens,
+    format_tools,
+    json_schema_format,
+    structured_parser,
+    tool_choice_option,
+    with_raw,
+)
 
 __all__ = ["ChatGuide"]
 
@@ -35,7 +60,17 @@ class ChatGuide(RunAwareChatModel):
     (see :class:`~guide_integrations.langchain.InfluenceCallbackHandler`).
 
     Engines are shared: every ``ChatGuide`` on the same model and load options uses one loaded
-    model, loaded on the first call. Tool calling and structured output are not supported.
+    model, loaded when the first of them is constructed.
+
+    Tools (:meth:`bind_tools`) and structured output (:meth:`with_structured_output`,
+    ``bind(response_format=...)``) are enforced by the engine's grammar: every tool call and every
+    structured answer parses and validates, whatever the model's size (whether the model picks
+    the *right* tool and arguments is up to the model). Token counts (:meth:`get_token_ids`,
+    :meth:`get_num_tokens_from_messages`) use the model's own tokenizer and chat template.
+
+    The model's own earlier answers (``AIMessage``) and tool results are never parsed for tags;
+    to keep end-user input and documents from creating spans, build prompts with
+    :class:`~guide_integrations.langchain.GuideChatPromptTemplate`.
 
     The shape of LangChain's partner chat models: ``_generate``, ``_agenerate``, ``_stream`` and
     ``_astream`` do the work; ``batch``/``abatch`` add one engine batch in front of LangChain's own
@@ -97,6 +132,51 @@ class ChatGuide(RunAwareChatModel):
         description="Escape tags in ToolMessage content (tool output is untrusted); "
         "False lets tool output create spans.",
     )
+    repetition_penalty: float | None = Field(
+        default=None,
+        gt=0.0,
+        allow_inf_nan=False,
+        description="transformers' repetition penalty over prompt and answer (> 1 discourages loops); "
+        "None: the engine's (1.0, off).",
+    )
+    timeout: float | None = Field(
+        default=None,
+        gt=0.0,
+        allow_inf_nan=False,
+        description="Wall-clock limit in seconds for one generation (prefill and decoding); past it the call "
+        "raises GenerationTimeoutError, whose .partial holds the answer so far. None: no limit.",
+    )
+    max_retries: int = Field(
+        default=0,
+        ge=0,
+        description="How many more times a non-streaming call that hit `timeout` is run (a local model has no "
+        "other transient failure to retry; a stream that has started is never retried). 0: none.",
+    )
+
+    _engine: GuideEngine | None = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_other_names(cls, values: Any) -> Any:
+        if isinstance(values, Mapping) and "max_new_tokens" in values:
+            raise ValueError("ChatGuide takes 'max_tokens' (LangChain's name), not 'max_new_tokens'")
+        return values
+
+    @model_validator(mode="after")
+    def _load_engine(self) -> ChatGuide:
+        # Loaded (or found among the shared engines) now, so a bad model fails at construction.
+        load_kwargs = dict(self.load_kwargs)
+        if self.gguf_file is not None:
+            load_kwargs["gguf_file"] = self.gguf_file
+        self._engine = shared_engine(self.model, **load_kwargs)
+        return self
+
+    @property
+    def engine(self) -> GuideEngine:
+        """The loaded engine of ``model`` (shared with every wrapper on the same model)."""
+        if self._engine is None:  # pragma: no cover - set by the validator
+            raise GuideError("ChatGuide's engine was not loaded")
+        return self._engine
 
     @field_validator("model_kwargs")
     @classmethod
@@ -133,7 +213,7 @@ class ChatGuide(RunAwareChatModel):
         return ["guide_integrations", "langchain"]
 
     def _resolve_model_profile(self) -> Any:
-        # What ChatGuide offers whatever the model: text in, text out, no tools.
+        # What ChatGuide offers whatever the model: text in, text out, tools and structured output by grammar.
         return {
             "open_weights": True,
             "text_inputs": True,
@@ -143,8 +223,9 @@ class ChatGuide(RunAwareChatModel):
             "pdf_inputs": False,
             "audio_inputs": False,
             "video_inputs": False,
-            "tool_calling": False,
-            "tool_choice": False,
+            "tool_calling": True,
+            "tool_choice": True,
+            "structured_output": True,
         }
 
     @property
@@ -158,6 +239,8 @@ class ChatGuide(RunAwareChatModel):
             "layers": self.layers,
             "metric": self.metric,
             "delta_influence": self.delta_influence,
+            "repetition_penalty": self.repetition_penalty,
+            "timeout": self.timeout,
             **self.model_kwargs,
         }
 
@@ -188,11 +271,13 @@ class ChatGuide(RunAwareChatModel):
     ) -> ChatResult:
         events = RunEvents.of_run(run_manager) if run_manager is not None else None
         request = build_request(self, messages, stop, kwargs, measure=_listening(events))
-        result = batching.take_prepared(request)  # this input's row of an engine batch, if any
-        if result is None:
-            result = request.engine().generate(request.prompt, **request.options)
-        if isinstance(result, BaseException):
-            raise result
+        prepared = batching.take_prepared(request)  # this input's row of an engine batch, if any
+        outcome: GenerationResult | BaseException | None = None
+        for attempt in range(self.max_retries + 1):  # another try only after a timeout
+            outcome = prepared if attempt == 0 and prepared is not None else _generate_once(request)
+            if not isinstance(outcome, GenerationTimeoutError):
+                break
+        result = _result_or_raise(outcome)
         if events is not None and result.influence is not None:
             events.emit(INFLUENCE_EVENT, result.influence.to_dict())
         return _chat_result(result, request)
@@ -206,14 +291,13 @@ class ChatGuide(RunAwareChatModel):
     ) -> ChatResult:
         events = RunEvents.of_run(run_manager) if run_manager is not None else None
         request = build_request(self, messages, stop, kwargs, measure=_listening(events))
-        result = batching.take_prepared(request)
-        if result is None:
-            stream = await asyncio.to_thread(_open_stream, request)
-            async for _ in astream_pieces(stream):  # step by step: cancelling stops decoding
-                pass
-            result = _finished(stream)
-        if isinstance(result, BaseException):
-            raise result
+        prepared = batching.take_prepared(request)
+        outcome: GenerationResult | BaseException | None = None
+        for attempt in range(self.max_retries + 1):
+            outcome = prepared if attempt == 0 and prepared is not None else await _agenerate_once(request)
+            if not isinstance(outcome, GenerationTimeoutError):
+                break
+        result = _result_or_raise(outcome)
         if events is not None and result.influence is not None:
             await events.aemit(INFLUENCE_EVENT, result.influence.to_dict())
         return _chat_result(result, request)
@@ -228,15 +312,22 @@ class ChatGuide(RunAwareChatModel):
         events = RunEvents.of_run(run_manager) if run_manager is not None else take_run_events()
         request = build_request(self, messages, stop, kwargs, measure=_listening(events))
         stream = _open_stream(request)
+        markup = ToolCallStreamFilter() if request.may_call_tools else None
         try:
             for piece in stream:
-                chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
-                if run_manager is not None:
-                    run_manager.on_llm_new_token(piece, chunk=chunk)
-                yield chunk
+                text = markup.feed(piece) if markup is not None else piece
+                if text:
+                    chunk = _text_chunk(text)
+                    if run_manager is not None:
+                        run_manager.on_llm_new_token(text, chunk=chunk)
+                    yield chunk
         finally:
             stream.close()  # a consumer that stops early stops the model at once
         result = _finished(stream)
+        for chunk in _closing_chunks(result, markup):
+            if run_manager is not None and chunk.text:
+                run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+            yield chunk
         if events is not None and result.influence is not None:
             events.emit(INFLUENCE_EVENT, result.influence.to_dict())
         yield ChatGenerationChunk(message=final_chunk(result, request.model_name))
@@ -251,19 +342,122 @@ class ChatGuide(RunAwareChatModel):
         events = RunEvents.of_run(run_manager) if run_manager is not None else take_run_events()
         request = build_request(self, messages, stop, kwargs, measure=_listening(events))
         stream = await asyncio.to_thread(_open_stream, request)
+        markup = ToolCallStreamFilter() if request.may_call_tools else None
         pieces = astream_pieces(stream)
         try:
             async for piece in pieces:
-                chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
-                if run_manager is not None:
-                    await run_manager.on_llm_new_token(piece, chunk=chunk)
-                yield chunk
+                text = markup.feed(piece) if markup is not None else piece
+                if text:
+                    chunk = _text_chunk(text)
+                    if run_manager is not None:
+                        await run_manager.on_llm_new_token(text, chunk=chunk)
+                    yield chunk
         finally:
             await pieces.aclose()  # closes the stream, after the step in flight if there is one
         result = _finished(stream)
+        for chunk in _closing_chunks(result, markup):
+            if run_manager is not None and chunk.text:
+                await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+            yield chunk
         if events is not None and result.influence is not None:
             await events.aemit(INFLUENCE_EVENT, result.influence.to_dict())
         yield ChatGenerationChunk(message=final_chunk(result, request.model_name))
+
+    # --------------------------------------------------------------- tools, structured output
+
+    def bind_tools(
+        self,
+        tools: Sequence[ToolLike],
+        *,
+        tool_choice: str | dict[str, Any] | bool | None = None,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Let the model call ``tools``; its calls come back as ``AIMessage.tool_calls``.
+
+        Args:
+            tools: ``BaseTool`` objects, functions, pydantic models, TypedDicts or OpenAI-style tool
+                dicts (anything ``convert_to_openai_tool`` accepts).
+            tool_choice: ``None`` or ``"auto"`` (text or calls), ``"any"``/``"required"`` (at least
+                one call), ``"none"`` (text only), a tool's name or ``{"type": "function",
+                "function": {"name": ...}}`` (that tool).
+            strict: accepted for compatibility; calls always follow the tools' schemas (the
+                grammar enforces them).
+            **kwargs: other call options to bind (``delta_mid``, ``max_tokens``, ...).
+        """
+        formatted = format_tools(tools)
+        choice = tool_choice_option(tool_choice, formatted)
+        if choice is not None:
+            kwargs["tool_choice"] = choice
+        return self.bind(tools=formatted, **kwargs)
+
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type,
+        *,
+        method: StructuredMethod = "json_schema",
+        include_raw: bool = False,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, dict[str, Any] | BaseModel]:
+        """A runnable whose answers follow ``schema``: pydantic instances for a model, dicts otherwise.
+
+        Args:
+            schema: a pydantic model, a TypedDict, a JSON schema or an OpenAI-style tool dict
+                (``json_mode`` also takes ``None``: any JSON object, returned as a dict).
+            method: ``"json_schema"`` (the answer is JSON that validates against the schema,
+                enforced by the grammar), ``"function_calling"`` (a forced call of a tool made from
+                the schema) or ``"json_mode"`` (any JSON object; describe the schema in the prompt).
+            include_raw: return ``{"raw", "parsed", "parsing_error"}`` instead of the parsed value.
+            strict: accepted for compatibility; ``json_schema`` and ``function_calling`` are always
+                strict (the grammar enforces the schema).
+        """
+        if kwargs:
+            raise GuideValueError(
+                f"with_structured_output got unsupported argument(s) {', '.join(map(repr, sorted(kwargs)))}; "
+                "it takes schema, method, include_raw and strict"
+            )
+        if schema is None and method != "json_mode":
+            raise GuideValueError(f"method={method!r} needs a schema; pass one, or use method='json_mode'")
+        trace = {"kwargs": {"method": method}, "schema": schema}
+        llm: Runnable[LanguageModelInput, Any]
+        if method == "function_calling":
+            tool = format_tools([schema])
+            llm = self.bind_tools(tool, tool_choice=tool[0]["function"]["name"], ls_structured_output_format=trace)
+        elif method == "json_schema":
+            llm = self.bind(response_format=json_schema_format(schema), ls_structured_output_format=trace)
+        elif method == "json_mode":
+            llm = self.bind(response_format={"type": "json_object"}, ls_structured_output_format=trace)
+        else:
+            raise GuideValueError(
+                f"method {method!r} is not supported; use 'json_schema', 'function_calling' or 'json_mode'"
+            )
+        parser = structured_parser(schema, method)
+        return with_raw(llm, parser) if include_raw else llm | parser
+
+    # ----------------------------------------------------------------------- token counts
+
+    def get_token_ids(self, text: str) -> list[int]:
+        """The model tokenizer's ids for ``text`` as the model reads it: tags are not tokens.
+
+        Raises:
+            TagError: for malformed tags, as a call would.
+        """
+        return list(self.engine.tokenizer.encode(strip_tags(text), add_special_tokens=False))
+
+    def get_num_tokens_from_messages(
+        self,
+        messages: list[BaseMessage],
+        tools: Sequence[ToolLike] | None = None,
+    ) -> int:
+        """Prompt tokens of ``messages`` through the model's chat template (tags excluded), as a call counts them.
+
+        With ``tools``, the tools' rendering counts too. Works with ``trim_messages(token_counter=llm)``.
+        """
+        if not messages:
+            return 0
+        prompt = to_engine_prompt(messages, escape_tool_messages=self.escape_tool_messages)
+        return count_prompt_tokens(self.engine, prompt, format_tools(tools) if tools else [])
 
     # ------------------------------------------------------------------------------ batches
 
@@ -298,6 +492,31 @@ def _listening(events: RunEvents | None) -> bool:
     return events is not None and bool(events.handlers)
 
 
+def _generate_once(request: Request) -> GenerationResult | GenerationTimeoutError:
+    try:
+        return request.engine().generate(request.prompt, **request.options)
+    except GenerationTimeoutError as error:
+        return error
+
+
+async def _agenerate_once(request: Request) -> GenerationResult | GenerationTimeoutError:
+    try:
+        stream = await asyncio.to_thread(_open_stream, request)
+        async for _ in astream_pieces(stream):  # step by step: cancelling stops decoding
+            pass
+        return _finished(stream)
+    except GenerationTimeoutError as error:
+        return error
+
+
+def _result_or_raise(outcome: GenerationResult | BaseException | None) -> GenerationResult:
+    if isinstance(outcome, BaseException):
+        raise outcome
+    if outcome is None:  # pragma: no cover - the loop runs at least once
+        raise GuideError("no generation was run")
+    return outcome
+
+
 def _open_stream(request: Request) -> GenerationStream:
     return request.engine().stream(request.prompt, **request.options)
 
@@ -308,5 +527,23 @@ def _finished(stream: GenerationStream) -> GenerationResult:
     return stream.result
 
 
+def _text_chunk(text: str) -> ChatGenerationChunk:
+    return ChatGenerationChunk(message=AIMessageChunk(content=text))
+
+
+def _closing_chunks(result: GenerationResult, markup: ToolCallStreamFilter | None) -> Iterator[ChatGenerationChunk]:
+    """After the last piece: held-back plain text, then one chunk per tool call."""
+    if markup is None:
+        return
+    rest = markup.rest(result)
+    if rest:
+        yield _text_chunk(rest)
+    for chunk in tool_call_chunks(result):
+        yield ChatGenerationChunk(message=chunk)
+    for chunk in unfinished_call_chunks(result):  # LangChain reads them back as invalid_tool_calls
+        yield ChatGenerationChunk(message=chunk)
+
+
 def _chat_result(result: GenerationResult, request: Request) -> ChatResult:
-    return ChatResult(generations=[ChatGeneration(message=to_ai_message(result, request.model_name))])
+    message = to_ai_message(result, request.model_name, may_call_tools=request.may_call_tools)
+    return ChatResult(generations=[ChatGeneration(message=message)])

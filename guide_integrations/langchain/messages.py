@@ -1,14 +1,20 @@
 """LangChain messages in, engine prompts out; engine results in, LangChain messages out.
 
-Trust follows authorship. Text the developer wrote — system, human and AI messages, prompt
-templates in any format — reaches the engine verbatim, tags included. Text that comes from
-elsewhere must not create spans: tool results (``ToolMessage``, and ``ChatMessage`` with role
-``"tool"``) are escaped here by default, and retrieved documents or end-user input are piped
-through :data:`escape_documents` before they are formatted into a template.
+Trust follows authorship. Text the developer wrote (system and human messages, prompt templates
+in any format) reaches the engine verbatim, tags included. Text that comes from elsewhere never
+creates a span and never raises: the model's own earlier answers (``AIMessage``, and any message
+with role ``"assistant"``) are always escaped, tool results (``ToolMessage``, and role
+``"tool"``) are escaped by default, and end-user input, chat history and retrieved documents are
+escaped by :class:`~guide_integrations.langchain.GuideChatPromptTemplate` (or piped through
+:data:`escape_documents` before a plain template).
+
+Tool traffic travels in the engine's message shape (``docs/design/tools-contract.md``): an
+assistant turn carries its ``tool_calls``, a tool result its ``tool_call_id``.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -24,14 +30,23 @@ from langchain_core.messages import (
     ToolMessage,
 )
 from langchain_core.messages.ai import UsageMetadata
+from langchain_core.messages.tool import InvalidToolCall, ToolCall, invalid_tool_call, tool_call, tool_call_chunk
 from langchain_core.runnables import RunnableLambda
 
 from guide_engine import GenerationResult, escape_tags
 from guide_engine.errors import GuideValueError
+from guide_engine.tools import TOOL_CALL_OPEN
 
 from ..core import escape_untrusted_value, token_usage
 
-__all__ = ["MessageError", "escape_documents", "escape_untrusted", "to_engine_prompt"]
+__all__ = [
+    "MessageError",
+    "ToolCallStreamFilter",
+    "escape_documents",
+    "escape_untrusted",
+    "escaped_by_chat_guide",
+    "to_engine_prompt",
+]
 
 _ROLES: dict[type[BaseMessage], str] = {
     SystemMessage: "system",
@@ -41,14 +56,18 @@ _ROLES: dict[type[BaseMessage], str] = {
     FunctionMessage: "tool",
 }
 _TEXT_BLOCKS = ("text",)
+ASSISTANT, TOOL = "assistant", "tool"
 
 
 class MessageError(GuideValueError):
     """A message ChatGuide cannot send to the model (non-text content, an unknown message type)."""
 
 
-def to_engine_prompt(messages: Sequence[BaseMessage], *, escape_tool_messages: bool = True) -> list[dict[str, str]]:
+def to_engine_prompt(messages: Sequence[BaseMessage], *, escape_tool_messages: bool = True) -> list[dict[str, Any]]:
     """Turn LangChain messages into the engine's ``{"role", "content"}`` list.
+
+    Assistant turns are always escaped (the model's own output is never parsed for tags) and
+    carry their tool calls; tool results carry ``tool_call_id`` and ``name``.
 
     Args:
         messages: the conversation; system, human, AI, tool and chat messages are accepted.
@@ -58,14 +77,36 @@ def to_engine_prompt(messages: Sequence[BaseMessage], *, escape_tool_messages: b
     Raises:
         MessageError: for content other than text, or a message type without a chat role.
     """
-    prompt = []
+    prompt: list[dict[str, Any]] = []
     for index, message in enumerate(messages):
         role = _role(message, index)
         content = _text(message, index)
-        if escape_tool_messages and role == "tool":
+        if role == ASSISTANT or (escape_tool_messages and role == TOOL):
             content = escape_tags(content)
-        prompt.append({"role": role, "content": content})
+        entry: dict[str, Any] = {"role": role, "content": content}
+        if isinstance(message, AIMessage) and message.tool_calls:
+            entry["tool_calls"] = [
+                {
+                    "id": call.get("id") or f"call_{index}_{n}",
+                    "type": "function",
+                    "function": {"name": call["name"], "arguments": dict(call["args"])},
+                }
+                for n, call in enumerate(message.tool_calls)
+            ]
+        if isinstance(message, ToolMessage):
+            entry["tool_call_id"] = message.tool_call_id
+            if message.name:
+                entry["name"] = message.name
+        prompt.append(entry)
     return prompt
+
+
+def escaped_by_chat_guide(message: BaseMessage) -> bool:
+    """Whether ChatGuide escapes this message's content itself: assistant turns and tool results."""
+    try:
+        return _role(message, 0) in (ASSISTANT, TOOL)
+    except MessageError:
+        return False
 
 
 def _role(message: BaseMessage, index: int) -> str:
@@ -165,13 +206,64 @@ def response_metadata(result: GenerationResult, model_name: str) -> dict[str, An
     }
 
 
-def to_ai_message(result: GenerationResult, model_name: str) -> AIMessage:
-    """The whole answer as one message."""
+def tool_calls(result: GenerationResult) -> list[ToolCall]:
+    """The result's tool calls, as LangChain ``ToolCall`` dicts (ids, names, parsed arguments)."""
+    return [tool_call(name=call.name, args=dict(call.arguments), id=call.id) for call in result.tool_calls]
+
+
+def split_markup(text: str) -> tuple[str, str]:
+    """``text`` as (what to show, unfinished tool-call markup): a call cut short is never content.
+
+    The engine leaves a call it could not read (cut by ``max_tokens``) in the text; it goes to
+    ``invalid_tool_calls`` instead, and a marker cut in the middle (``"<tool"``) is dropped.
+    """
+    at = text.find(TOOL_CALL_OPEN)
+    if at >= 0:
+        return text[:at].rstrip(), text[at:]
+    keep = _partial_marker_length(text, TOOL_CALL_OPEN)
+    return (text[:-keep].rstrip(), text[-keep:]) if keep else (text, "")
+
+
+def to_ai_message(result: GenerationResult, model_name: str, *, may_call_tools: bool = False) -> AIMessage:
+    """The whole answer as one message: its text outside tool calls, and the calls."""
+    content, markup = split_markup(result.text) if may_call_tools else (result.text, "")
     return AIMessage(
-        content=result.text,
+        content=content,
+        tool_calls=tool_calls(result),
+        invalid_tool_calls=invalid_tool_calls(markup, result),
         usage_metadata=usage(result),
         response_metadata=response_metadata(result, model_name),
     )
+
+
+def invalid_tool_calls(markup: str, result: GenerationResult) -> list[InvalidToolCall]:
+    """An unfinished call as LangChain's ``InvalidToolCall`` (none for a marker cut in the middle)."""
+    if not markup.startswith(TOOL_CALL_OPEN):
+        return []
+    error = f"tool call cut short (finish_reason {result.finish_reason!r}); raise max_tokens"
+    return [invalid_tool_call(name=None, args=markup, id=None, error=error)]
+
+
+def tool_call_chunks(result: GenerationResult) -> list[AIMessageChunk]:
+    """One chunk per tool call of a streamed answer: its name, id, index and arguments as JSON."""
+    return [
+        AIMessageChunk(
+            content="",
+            tool_call_chunks=[
+                tool_call_chunk(name=call.name, args=json.dumps(call.arguments), id=call.id, index=index)
+            ],
+        )
+        for index, call in enumerate(result.tool_calls)
+    ]
+
+
+def unfinished_call_chunks(result: GenerationResult) -> list[AIMessageChunk]:
+    """A call cut short, as a chunk whose arguments do not parse: it sums to an ``invalid_tool_calls`` entry."""
+    _, markup = split_markup(result.text)
+    if not markup.startswith(TOOL_CALL_OPEN):
+        return []
+    chunk = tool_call_chunk(name=None, args=markup, id=None, index=len(result.tool_calls))
+    return [AIMessageChunk(content="", tool_call_chunks=[chunk])]
 
 
 def final_chunk(result: GenerationResult, model_name: str) -> AIMessageChunk:
@@ -185,3 +277,46 @@ def final_chunk(result: GenerationResult, model_name: str) -> AIMessageChunk:
         response_metadata=response_metadata(result, model_name),
         chunk_position="last",
     )
+
+
+class ToolCallStreamFilter:
+    """Passes streamed text through, holding back tool-call markup (``<tool_call>…``).
+
+    The engine streams raw text, markup included. Text before the first opening marker goes out as
+    it comes, less any tail that could still become the marker; from the marker on, nothing is
+    shown: the calls come whole from the result (:func:`tool_call_chunks`), and :meth:`rest` gives
+    the result's remaining plain text, so the streamed content adds up to ``result.text``.
+    """
+
+    def __init__(self) -> None:
+        self._pending = ""
+        self._sent = ""
+        self._in_markup = False
+
+    def feed(self, piece: str) -> str:
+        """The part of ``piece`` that can be shown now ("" while markup may be starting)."""
+        if self._in_markup:
+            return ""
+        self._pending += piece
+        at = self._pending.find(TOOL_CALL_OPEN)
+        if at >= 0:
+            shown, self._pending, self._in_markup = self._pending[:at], "", True
+        else:
+            keep = _partial_marker_length(self._pending, TOOL_CALL_OPEN)
+            cut = len(self._pending) - keep
+            shown, self._pending = self._pending[:cut], self._pending[cut:]
+        self._sent += shown
+        return shown
+
+    def rest(self, result: GenerationResult) -> str:
+        """The result's text not shown yet (held-back text that was no marker after all)."""
+        content, _ = split_markup(result.text)
+        return content[len(self._sent) :] if content.startswith(self._sent) else ""
+
+
+def _partial_marker_length(text: str, marker: str) -> int:
+    """Length of the longest end of ``text`` that is a proper beginning of ``marker``."""
+    for length in range(min(len(text), len(marker) - 1), 0, -1):
+        if marker.startswith(text[-length:]):
+            return length
+    return 0

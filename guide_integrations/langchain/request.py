@@ -17,7 +17,7 @@ from .messages import to_engine_prompt
 if TYPE_CHECKING:
     from .chat_model import ChatGuide
 
-__all__ = ["CALL_OPTIONS", "ENGINE_EXTRAS", "Request", "build_request", "model_display_name"]
+__all__ = ["BOUND_OPTIONS", "CALL_OPTIONS", "ENGINE_EXTRAS", "Request", "build_request", "model_display_name"]
 
 FIELD_OPTIONS: dict[str, str] = {
     "temperature": "temperature",
@@ -27,16 +27,22 @@ FIELD_OPTIONS: dict[str, str] = {
     "layers": "layers",
     "metric": "metric",
     "delta_influence": "delta_influence",
+    "repetition_penalty": "repetition_penalty",
+    "timeout": "timeout",
 }
 """ChatGuide fields that are engine options, and the engine's name for each."""
 
 CALL_OPTIONS = ("model", *FIELD_OPTIONS)
 """Fields a call may override, e.g. ``llm.invoke(text, delta_mid=3.0)`` or ``llm.bind(metric=None)``."""
 
-ENGINE_EXTRAS = tuple(name for name in ENGINE_OPTIONS if name not in {*FIELD_OPTIONS.values(), "stop"})
+BOUND_OPTIONS = ("tools", "tool_choice", "response_format")
+"""Engine options that come with a call, usually bound: ``bind_tools``, ``with_structured_output``, ``bind``."""
+
+ENGINE_EXTRAS = tuple(name for name in ENGINE_OPTIONS if name not in {*FIELD_OPTIONS.values(), *BOUND_OPTIONS, "stop"})
 """Engine options without a field of their own (top_k, seed, heads): set them in ``model_kwargs`` or per call."""
 
-_IGNORED = ("stream",)  # LangChain's own switch between invoke and stream paths
+_IGNORED = ("stream", "ls_structured_output_format")  # LangChain's own: invoke vs stream, tracing metadata
+_OTHER_NAMES = {"max_new_tokens": "max_tokens"}  # another framework's name -> ChatGuide's
 
 
 @dataclass(frozen=True)
@@ -52,13 +58,18 @@ class Request:
 
     model: str | GuideEngine
     load_kwargs: Mapping[str, Any]
-    prompt: list[dict[str, str]]
+    prompt: list[dict[str, Any]]
     options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def model_name(self) -> str:
         """The name reported in ``response_metadata["model_name"]``."""
         return model_display_name(self.model)
+
+    @property
+    def may_call_tools(self) -> bool:
+        """Whether the answer may hold tool calls (tools are given and ``tool_choice`` is not ``"none"``)."""
+        return bool(self.options.get("tools")) and self.options.get("tool_choice") != "none"
 
     def engine(self) -> GuideEngine:
         """The shared engine of this model (loaded on first use, then reused by every caller)."""
@@ -82,11 +93,14 @@ def build_request(
         MessageError: for a message that cannot be sent (see :func:`to_engine_prompt`).
         TagError: for malformed tags.
     """
-    unknown = unknown_options(kwargs, {*CALL_OPTIONS, *ENGINE_EXTRAS, *_IGNORED})
+    for name, ours in _OTHER_NAMES.items():
+        if name in kwargs:
+            raise GuideValueError(f"ChatGuide takes {ours!r} (LangChain's name), not {name!r}")
+    unknown = unknown_options(kwargs, {*CALL_OPTIONS, *BOUND_OPTIONS, *ENGINE_EXTRAS, *_IGNORED})
     if unknown:
         raise GuideValueError(
             f"ChatGuide got unknown call option(s) {', '.join(map(repr, unknown))}; "
-            f"allowed: {', '.join(CALL_OPTIONS + ENGINE_EXTRAS)}"
+            f"allowed: {', '.join(CALL_OPTIONS + BOUND_OPTIONS + ENGINE_EXTRAS)}"
         )
     value = {name: kwargs.get(name, getattr(llm, name)) for name in CALL_OPTIONS}
     prompt = to_engine_prompt(messages, escape_tool_messages=llm.escape_tool_messages)
@@ -94,6 +108,7 @@ def build_request(
         "stop": list(stop if stop is not None else llm.stop or []),
         **llm.model_kwargs,
         **{name: kwargs[name] for name in ENGINE_EXTRAS if name in kwargs},
+        **{name: kwargs[name] for name in BOUND_OPTIONS if kwargs.get(name) is not None},
     }
     for name, engine_name in FIELD_OPTIONS.items():
         if name != "metric" and value[name] is not None:  # None: the engine's own default
