@@ -18,7 +18,15 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from guide_engine import GuideError, InfluenceResult, MissingDependencyError, escape_tags, parse_tags, shared_engine
+from guide_engine import (
+    GuideError,
+    GuideValueError,
+    InfluenceResult,
+    MissingDependencyError,
+    escape_tags,
+    parse_tags,
+    shared_engine,
+)
 
 pytest.importorskip(
     "llama_index.core", reason="needs the llama-index extra: pip install 'guide-attention[llama-index]'"
@@ -275,7 +283,7 @@ def test_structured_predict_escapes_its_values(llm, handlers):
     llm_events.starts.clear()
     llm_events.ends.clear()
     template = PromptTemplate("<!-> Reply in JSON. <-!> {text}")
-    with pytest.raises(ValueError, match="Could not extract json"):  # one token is never a valid object
+    with pytest.raises(GuideValueError, match="raise max_new_tokens"):  # one token is never a whole object
         llm.structured_predict(Answer, template, llm_kwargs={"max_new_tokens": 1}, text=INJECTED_TAG)
     assert (
         llm_events.starts[-1].messages[-1].content.startswith(f"<!-> Reply in JSON. <-!> {escape_tags(INJECTED_TAG)}")
@@ -342,7 +350,7 @@ async def test_per_call_options_and_a_cancelled_stream(llm, real_engine):
     reference = real_engine.generate(PROMPT, max_new_tokens=2, delta_mid=0.5)
     assert (short.text, short.additional_kwargs["completion_tokens"]) == (reference.text, 2)
     assert [s["delta"] for s in short.additional_kwargs["spans"]] == [0.5]
-    with pytest.raises(GuideError, match=r"unknown generation option\(s\) \['max_tokens'\]"):
+    with pytest.raises(GuideValueError, match="takes max_new_tokens"):
         llm.complete(PROMPT, max_tokens=5)
     stream = await llm.astream_complete(PROMPT, max_new_tokens=40)
     async for _ in stream:

@@ -1,15 +1,15 @@
-"""``GuideLLM``: a GUIDE engine as a LlamaIndex LLM, for query engines, chat engines and agents."""
+"""``GuideLLM``: a GUIDE engine as a LlamaIndex LLM, for query engines, chat engines, programs and agents."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Generator, Sequence
+import warnings
+from collections.abc import AsyncGenerator, Callable, Generator, Sequence
 from contextlib import aclosing, closing
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from uuid import uuid4
 
 from llama_index.core.base.llms.types import (
-    AudioBlock,
     ChatMessage,
     ChatResponse,
     ChatResponseAsyncGen,
@@ -17,53 +17,66 @@ from llama_index.core.base.llms.types import (
     CompletionResponse,
     CompletionResponseAsyncGen,
     CompletionResponseGen,
-    DocumentBlock,
-    ImageBlock,
     LLMMetadata,
     MessageRole,
-    TextBlock,
-    VideoBlock,
 )
 from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW
 from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.events.llm import (
+    LLMStructuredPredictEndEvent,
+    LLMStructuredPredictInProgressEvent,
+    LLMStructuredPredictStartEvent,
+)
 from llama_index.core.instrumentation.span import active_span_id
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
-from llama_index.core.llms.custom import CustomLLM
+from llama_index.core.llms.function_calling import FunctionCallingLLM
+from llama_index.core.llms.llm import ToolSelection
+from llama_index.core.program.streaming_utils import process_streaming_content_incremental
 from llama_index.core.prompts.base import BasePromptTemplate
-from pydantic import ConfigDict, Field, PrivateAttr
+from llama_index.core.types import PydanticProgramMode
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-from guide_engine import GenerationResult, GenerationStream, GuideEngine, GuideError, shared_engine
+from guide_engine import (
+    GenerationResult,
+    GenerationStream,
+    GuideEngine,
+    GuideError,
+    TagError,
+    parse_tags,
+    shared_engine,
+)
 from guide_engine.errors import GuideValueError
 from guide_engine.loading import DEFAULT_MODEL_NAMES
+from guide_engine.tools import TOOL_CALL_OPEN
 
-from ..core import (
-    ENGINE_OPTIONS,
-    MetricName,
-    astream_pieces,
-    has_influence_span,
-    model_display_name,
-    token_usage,
-    unknown_options,
-)
+from ..core import MetricName, astream_pieces, has_influence_span, model_display_name, token_usage, unknown_options
 from .events import GUIDE_METADATA_KEY, InfluenceEvent, ResponseAnnotator
+from .messages import engine_messages, escape_end_user_texts, openai_tool_calls, tool_selections, trusted_copy
+from .options import CALL_OPTIONS, FIELD_OPTIONS, check_names, from_generate_kwargs
+from .provenance import EndUserTexts
+from .structured import json_schema_format, parse_structured
 from .templates import escaped_template_args
+
+if TYPE_CHECKING:
+    from llama_index.core.tools.types import BaseTool
 
 __all__ = ["GuideLLM"]
 
 dispatcher = get_dispatcher(__name__)
 
-_ROLES = {MessageRole.DEVELOPER: "system", MessageRole.CHATBOT: "assistant", MessageRole.MODEL: "assistant"}
-_MEDIA_BLOCKS = (ImageBlock, AudioBlock, VideoBlock, DocumentBlock)
+_PER_CALL_ONLY = ("response_format", "tools", "tool_choice")
+_PROGRAM_KEYWORDS = ("tool_required", "tool_choice", "allow_parallel_tool_calls")  # FunctionCallingProgram's
 
 
-class GuideLLM(CustomLLM):
-    """A local transformers model whose attention follows GUIDE tags, as a LlamaIndex LLM.
+class GuideLLM(FunctionCallingLLM):
+    """A local transformers model whose attention follows GUIDE tags, as a LlamaIndex function-calling LLM.
 
     Tags written in prompt templates (text QA, refine, summary, chat templates), in
     ``system_prompt`` and in prompts passed to ``complete``/``chat`` are applied. Everything a
     template is *formatted with* — retrieved node text, the user's query, earlier answers — is
     escaped first (``escape_template_variables``), so a document containing ``<!!!-> … <-!!!>``
-    reaches the model as those literal characters and gets no Δ.
+    reaches the model as those literal characters and gets no Δ. Earlier assistant turns and tool
+    results are never parsed for tags, and inside a chat engine neither is what its user typed.
 
     Example:
         >>> from llama_index.core import Settings, VectorStoreIndex, PromptTemplate
@@ -71,6 +84,10 @@ class GuideLLM(CustomLLM):
         >>> qa = PromptTemplate("Context:\\n{context_str}\\n<!!-> Answer only from the context. <-!!>\\n"
         ...                     "Question: {query_str}\\nAnswer: ")
         >>> index.as_query_engine(text_qa_template=qa).query("...")
+
+    It is a ``FunctionCallingLLM`` (``chat_with_tools``, ``get_tool_calls_from_response``,
+    ``FunctionAgent``) and its ``structured_predict``/``as_structured_llm`` decode under the output
+    class's JSON schema, so tool calls and structured outputs always parse and validate.
 
     Responses carry what was applied: ``additional_kwargs`` has ``spans`` (one dict per
     :class:`~guide_engine.AppliedSpan`) and token counts; ``raw["guide"]`` adds the rendered
@@ -90,10 +107,22 @@ class GuideLLM(CustomLLM):
     device_map: str | dict[str, Any] | None = Field(
         default=None, description="transformers device_map, e.g. 'auto' or 'cpu'."
     )
-    delta_mid: float = Field(
-        default=1.0,
+    context_window: int | None = Field(
+        default=None,
+        gt=0,
+        description="Tokens the model reads at most, for LlamaIndex's prompt packing and memory "
+        "(None: the model config's max_position_embeddings; larger than that is refused).",
+    )
+    generate_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="HuggingFaceLLM-style transformers generate() keywords (temperature, top_p, top_k, "
+        "repetition_penalty, do_sample, max_new_tokens, stop_strings), mapped onto the fields below.",
+    )
+    delta_mid: float | None = Field(
+        default=None,
         allow_inf_nan=False,
-        description="Δ of emphasis level 2 (<!!->); level 1 gets half, level 3 double. Negative de-emphasizes.",
+        description="Δ of emphasis level 2 (<!!->); level 1 gets half, level 3 double; negative de-emphasizes "
+        "(None: the engine's default, 1.0).",
     )
     delta_influence: float = Field(
         default=0.0, allow_inf_nan=False, description="Δ applied to the <?-> influence span (0: measure only)."
@@ -106,12 +135,22 @@ class GuideLLM(CustomLLM):
     temperature: float = Field(default=0.0, ge=0.0, allow_inf_nan=False, description="0 is greedy decoding.")
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass (with temperature > 0).")
     top_k: int = Field(default=0, ge=0, description="Sample among the k likeliest tokens (0: no limit).")
+    repetition_penalty: float = Field(
+        default=1.0, gt=0.0, allow_inf_nan=False, description="transformers' repetition penalty (1.0: off)."
+    )
     seed: int | None = Field(default=None, description="Random seed for sampling.")
     stop: list[str] | None = Field(default=None, description="Stop strings; the text is cut before them.")
-    metric: MetricName | None = Field(
+    timeout: float | None = Field(
         default=None,
-        description="Measure the <?-> span's influence on calls whose prompt has one, "
-        "and dispatch it as an InfluenceEvent.",
+        gt=0.0,
+        allow_inf_nan=False,
+        description="Wall-clock seconds a call may take (None: no limit); past it GenerationTimeoutError "
+        "(a TimeoutError) is raised, its .partial holding the text so far.",
+    )
+    metric: MetricName | None = Field(
+        default="influence",
+        description="Measure the <?-> span's influence on calls whose prompt has one, and dispatch it as "
+        "an InfluenceEvent (calls without a <?-> span measure nothing). None: never measure.",
     )
     escape_template_variables: bool = Field(
         default=True,
@@ -120,6 +159,7 @@ class GuideLLM(CustomLLM):
     )
 
     _engine: GuideEngine = PrivateAttr()
+    _end_users: EndUserTexts = PrivateAttr()
 
     def __init__(self, *, engine: GuideEngine | None = None, **data: Any) -> None:
         """Load (or reuse) the model.
@@ -129,11 +169,18 @@ class GuideLLM(CustomLLM):
             **data: the fields above. The engine is :func:`guide_engine.shared_engine` of ``model``
                 and the load options, so a ``ChatGuide`` or another ``GuideLLM`` on the same model
                 shares it.
+
+        Raises:
+            GuideValueError: ``max_tokens`` (use ``max_new_tokens``), an unknown ``generate_kwargs``
+                key, a ``context_window`` larger than the model's, ``engine`` with load options.
         """
+        check_names(data, "GuideLLM()")
         if engine is not None and not isinstance(engine, GuideEngine):
             raise GuideValueError(f"engine must be a GuideEngine, got {type(engine).__name__}")
         if engine is not None:
             data.setdefault("model", str(getattr(engine.model.config, "name_or_path", "") or "engine"))
+        if data.get("generate_kwargs"):
+            data.update(from_generate_kwargs(data["generate_kwargs"], data))
         super().__init__(**data)
         load = {
             k: v
@@ -144,7 +191,13 @@ class GuideLLM(CustomLLM):
             raise GuideValueError(f"pass either engine= or the load options {sorted(load)}, not both")
         model = None if self.model in DEFAULT_MODEL_NAMES else self.model
         self._engine = engine if engine is not None else shared_engine(model, **load)
+        limit = self._engine.context_length
+        if self.context_window is None:
+            self.context_window = limit or DEFAULT_CONTEXT_WINDOW
+        elif limit is not None and self.context_window > limit:
+            raise GuideValueError(f"context_window={self.context_window} is larger than the model's context ({limit})")
         ResponseAnnotator.install()
+        self._end_users = EndUserTexts.install()
 
     @classmethod
     def class_name(cls) -> str:
@@ -158,14 +211,40 @@ class GuideLLM(CustomLLM):
 
     @property
     def metadata(self) -> LLMMetadata:
-        """Context window and chat support of the loaded model; ``num_output`` is ``max_new_tokens``."""
+        """Context window, chat and function-calling support; ``num_output`` is ``max_new_tokens``."""
         return LLMMetadata(
-            context_window=self._engine.context_length or DEFAULT_CONTEXT_WINDOW,
+            context_window=self.context_window or DEFAULT_CONTEXT_WINDOW,
             num_output=self.max_new_tokens,
             is_chat_model=self._has_chat_template,
-            is_function_calling_model=False,
+            is_function_calling_model=True,
             model_name=model_display_name(self.model),
         )
+
+    # ------------------------------------------------------------------- token counting
+
+    def tokenize(self, text: str) -> list[int]:
+        """The model's token ids for the visible text of ``text`` (tags are not tokens; no special tokens).
+
+        A tokenizer for LlamaIndex's hooks: ``Settings.tokenizer = llm.tokenize``,
+        ``TokenCountingHandler(tokenizer=llm.tokenize)``, ``Memory.from_defaults(tokenizer_fn=...)``.
+        Never raises on tags: text with malformed tags (an end user's) is counted as it is.
+        """
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # empty spans: counting is not the place to warn
+                visible = parse_tags(text).text
+        except TagError:
+            visible = text
+        return list(self._engine.tokenizer.encode(visible, add_special_tokens=False))
+
+    def count_tokens(self, prompt: str | Sequence[ChatMessage]) -> int:
+        """Prompt tokens of a ``complete`` prompt or ``chat`` messages, as the model reads them.
+
+        Rendered as :meth:`complete`/:meth:`chat` render it (chat template, ``system_prompt``
+        for a string), tags excluded.
+        """
+        request = self._completion_prompt(prompt, False) if isinstance(prompt, str) else self._chat_prompt(prompt)
+        return len(self._engine.encode(request).input_ids)
 
     # ----------------------------------------------------------------- templates: escaping
 
@@ -179,41 +258,162 @@ class GuideLLM(CustomLLM):
         prompt, prompt_args = self._template_inputs(prompt, prompt_args)
         return super()._get_messages(prompt, **prompt_args)
 
-    # Structured programs format the template themselves, so escape on the way in.
-    def structured_predict(
-        self, output_cls: Any, prompt: BasePromptTemplate, llm_kwargs: dict[str, Any] | None = None, **prompt_args: Any
-    ) -> Any:
-        """Structured predict, with the template's values escaped (see ``escape_template_variables``)."""
-        prompt, prompt_args = self._template_inputs(prompt, prompt_args)
-        return super().structured_predict(output_cls, prompt, llm_kwargs=llm_kwargs, **prompt_args)
-
-    async def astructured_predict(
-        self, output_cls: Any, prompt: BasePromptTemplate, llm_kwargs: dict[str, Any] | None = None, **prompt_args: Any
-    ) -> Any:
-        """Async structured predict, with the template's values escaped."""
-        prompt, prompt_args = self._template_inputs(prompt, prompt_args)
-        return await super().astructured_predict(output_cls, prompt, llm_kwargs=llm_kwargs, **prompt_args)
-
-    def stream_structured_predict(
-        self, output_cls: Any, prompt: BasePromptTemplate, llm_kwargs: dict[str, Any] | None = None, **prompt_args: Any
-    ) -> Any:
-        """Streaming structured predict, with the template's values escaped."""
-        prompt, prompt_args = self._template_inputs(prompt, prompt_args)
-        return super().stream_structured_predict(output_cls, prompt, llm_kwargs=llm_kwargs, **prompt_args)
-
-    async def astream_structured_predict(
-        self, output_cls: Any, prompt: BasePromptTemplate, llm_kwargs: dict[str, Any] | None = None, **prompt_args: Any
-    ) -> Any:
-        """Async streaming structured predict, with the template's values escaped."""
-        prompt, prompt_args = self._template_inputs(prompt, prompt_args)
-        return await super().astream_structured_predict(output_cls, prompt, llm_kwargs=llm_kwargs, **prompt_args)
-
     def _template_inputs(
         self, prompt: BasePromptTemplate, prompt_args: dict[str, Any]
     ) -> tuple[BasePromptTemplate, dict[str, Any]]:
         if not self.escape_template_variables:
             return prompt, prompt_args
         return escaped_template_args(prompt, prompt_args, llm=self)
+
+    # ------------------------------------------------------------------ structured output
+
+    def structured_predict(
+        self, output_cls: Any, prompt: BasePromptTemplate, llm_kwargs: dict[str, Any] | None = None, **prompt_args: Any
+    ) -> Any:
+        """An ``output_cls`` instance, decoded under its JSON schema: it always parses and validates.
+
+        The template's values are escaped (``escape_template_variables``); ``llm_kwargs`` are
+        per-call options (e.g. ``max_new_tokens``). With a ``pydantic_program_mode`` other than
+        the default, LlamaIndex's program for that mode runs instead.
+
+        Raises:
+            GuideValueError: the JSON did not fit in ``max_new_tokens``.
+        """
+        if self.pydantic_program_mode != PydanticProgramMode.DEFAULT:
+            prompt, prompt_args = self._template_inputs(prompt, prompt_args)
+            return super().structured_predict(output_cls, prompt, llm_kwargs=llm_kwargs, **prompt_args)
+        dispatcher.event(
+            LLMStructuredPredictStartEvent(output_cls=output_cls, template=prompt, template_args=prompt_args)
+        )
+        messages = self._get_messages(prompt, **prompt_args)
+        response = self.chat(messages, **_structured_kwargs(output_cls, llm_kwargs))
+        result = parse_structured(output_cls, response)
+        dispatcher.event(LLMStructuredPredictEndEvent(output=result))
+        return result
+
+    async def astructured_predict(
+        self, output_cls: Any, prompt: BasePromptTemplate, llm_kwargs: dict[str, Any] | None = None, **prompt_args: Any
+    ) -> Any:
+        """:meth:`structured_predict` without blocking the event loop."""
+        if self.pydantic_program_mode != PydanticProgramMode.DEFAULT:
+            prompt, prompt_args = self._template_inputs(prompt, prompt_args)
+            return await super().astructured_predict(output_cls, prompt, llm_kwargs=llm_kwargs, **prompt_args)
+        dispatcher.event(
+            LLMStructuredPredictStartEvent(output_cls=output_cls, template=prompt, template_args=prompt_args)
+        )
+        messages = self._get_messages(prompt, **prompt_args)
+        response = await self.achat(messages, **_structured_kwargs(output_cls, llm_kwargs))
+        result = parse_structured(output_cls, response)
+        dispatcher.event(LLMStructuredPredictEndEvent(output=result))
+        return result
+
+    def stream_structured_predict(
+        self, output_cls: Any, prompt: BasePromptTemplate, llm_kwargs: dict[str, Any] | None = None, **prompt_args: Any
+    ) -> Generator[Any, None, None]:
+        """Partial objects while the constrained JSON streams; the last one is a validated ``output_cls``."""
+        if self.pydantic_program_mode != PydanticProgramMode.DEFAULT:
+            prompt, prompt_args = self._template_inputs(prompt, prompt_args)
+            yield from super().stream_structured_predict(output_cls, prompt, llm_kwargs=llm_kwargs, **prompt_args)
+            return
+        dispatcher.event(
+            LLMStructuredPredictStartEvent(output_cls=output_cls, template=prompt, template_args=prompt_args)
+        )
+        messages = self._get_messages(prompt, **prompt_args)
+        current = None
+        for chunk in self.stream_chat(messages, **_structured_kwargs(output_cls, llm_kwargs)):
+            current = _partial_or_final(output_cls, chunk, current)
+            dispatcher.event(LLMStructuredPredictInProgressEvent(output=current))
+            yield current
+        dispatcher.event(LLMStructuredPredictEndEvent(output=current))
+
+    async def astream_structured_predict(
+        self, output_cls: Any, prompt: BasePromptTemplate, llm_kwargs: dict[str, Any] | None = None, **prompt_args: Any
+    ) -> AsyncGenerator[Any, None]:
+        """:meth:`stream_structured_predict` without blocking the event loop."""
+        if self.pydantic_program_mode != PydanticProgramMode.DEFAULT:
+            prompt, prompt_args = self._template_inputs(prompt, prompt_args)
+            return await super().astream_structured_predict(output_cls, prompt, llm_kwargs=llm_kwargs, **prompt_args)
+        messages = self._get_messages(prompt, **prompt_args)
+        chunks = await self.astream_chat(messages, **_structured_kwargs(output_cls, llm_kwargs))
+
+        async def objects() -> AsyncGenerator[Any, None]:
+            dispatcher.event(
+                LLMStructuredPredictStartEvent(output_cls=output_cls, template=prompt, template_args=prompt_args)
+            )
+            current = None
+            async for chunk in chunks:
+                current = _partial_or_final(output_cls, chunk, current)
+                dispatcher.event(LLMStructuredPredictInProgressEvent(output=current))
+                yield current
+            dispatcher.event(LLMStructuredPredictEndEvent(output=current))
+
+        return objects()
+
+    # ----------------------------------------------------------------------- tool calling
+
+    def _prepare_chat_with_tools(
+        self,
+        tools: Sequence[BaseTool],
+        user_msg: str | ChatMessage | None = None,
+        chat_history: list[ChatMessage] | None = None,
+        verbose: bool = False,
+        allow_parallel_tool_calls: bool = False,
+        tool_required: bool = False,
+        tool_choice: str | dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """``chat`` keywords: the messages, the tools in OpenAI form, and the tool choice.
+
+        ``tool_choice`` passes through (``"auto"``, ``"none"``, ``"required"``, a tool name or
+        ``{"type": "function", "function": {"name": ...}}``); without it, ``tool_required``
+        means ``"required"`` and otherwise ``"auto"``. The grammar enforces the choice.
+        """
+        messages = list(chat_history or [])
+        if isinstance(user_msg, str):
+            messages.append(ChatMessage(role=MessageRole.USER, content=user_msg))
+        elif user_msg is not None:
+            messages.append(user_msg)
+        prepared: dict[str, Any] = {"messages": messages, **kwargs}
+        if tools:
+            prepared["tools"] = [tool.metadata.to_openai_tool(skip_length_check=True) for tool in tools]
+            prepared["tool_choice"] = (
+                tool_choice if tool_choice is not None else ("required" if tool_required else "auto")
+            )
+        elif tool_required or tool_choice not in (None, "auto", "none"):
+            raise GuideValueError(
+                f"tool_required={tool_required}, tool_choice={tool_choice!r} need at least one tool; pass tools=[...]"
+            )
+        return prepared
+
+    def _validate_chat_with_tools_response(
+        self,
+        response: ChatResponse,
+        tools: Sequence[BaseTool],
+        allow_parallel_tool_calls: bool = False,
+        **kwargs: Any,
+    ) -> ChatResponse:
+        """Keep only the first call unless ``allow_parallel_tool_calls`` (as LlamaIndex's OpenAI LLM does)."""
+        calls = response.message.additional_kwargs.get("tool_calls") or []
+        if not allow_parallel_tool_calls and len(calls) > 1:
+            response.message.additional_kwargs["tool_calls"] = calls[:1]
+        return response
+
+    def get_tool_calls_from_response(
+        self, response: ChatResponse, error_on_no_tool_call: bool = True, **kwargs: Any
+    ) -> list[ToolSelection]:
+        """The calls of a ``chat_with_tools`` response as ``ToolSelection``\\ s (id, tool name, arguments).
+
+        Raises:
+            GuideValueError: no call, and ``error_on_no_tool_call`` (force one with ``tool_required=True``
+                or ``tool_choice="<tool name>"``).
+        """
+        selections = tool_selections(response.message)
+        if not selections and error_on_no_tool_call:
+            raise GuideValueError(
+                "the response has no tool call (the model answered in text); pass tool_required=True or "
+                "tool_choice='<tool name>' to chat_with_tools to force one"
+            )
+        return selections
 
     # ------------------------------------------------------------------------ completion
 
@@ -226,8 +426,8 @@ class GuideLLM(CustomLLM):
             formatted: ``True`` when ``prompt`` is already formatted (``completion_to_prompt`` and
                 ``system_prompt`` are then not applied again).
             **kwargs: per-call generation options: ``max_new_tokens``, ``temperature``, ``top_p``,
-                ``top_k``, ``seed``, ``stop``, ``delta_mid``, ``delta_influence``, ``layers``,
-                ``heads``, ``metric``.
+                ``top_k``, ``repetition_penalty``, ``seed``, ``stop``, ``timeout``, ``delta_mid``,
+                ``delta_influence``, ``layers``, ``heads``, ``metric``, ``response_format``.
         """
         request = self._completion_prompt(prompt, formatted)
         result = self._engine.generate(request, **self._options(request, kwargs))
@@ -237,14 +437,15 @@ class GuideLLM(CustomLLM):
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
         """Like :meth:`complete`, one response per text piece; the last carries spans and counts."""
         request = self._completion_prompt(prompt, formatted)
-        stream = self._engine.stream(request, **self._options(request, kwargs))
-        return self._stream_responses(stream, self._completion_chunk, active_span_id.get())
+        options = self._options(request, kwargs)
+        stream = self._engine.stream(request, **options)
+        return self._stream_responses(stream, self._completion_chunk, active_span_id.get(), False)
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         """:meth:`complete` without blocking the event loop; cancelling it stops decoding."""
         request = self._completion_prompt(prompt, formatted)
-        result = await self._agenerate(request, kwargs)
+        result = await self._agenerate(request, self._options(request, kwargs))
         return self._completion_response(result, result.text)
 
     @llm_completion_callback()
@@ -252,42 +453,54 @@ class GuideLLM(CustomLLM):
         """:meth:`stream_complete` without blocking the event loop; each step runs in a worker thread."""
         request = self._completion_prompt(prompt, formatted)
         stream = await asyncio.to_thread(self._engine.stream, request, **self._options(request, kwargs))
-        return self._astream_responses(stream, self._completion_chunk, active_span_id.get())
+        return self._astream_responses(stream, self._completion_chunk, active_span_id.get(), False)
 
     # ------------------------------------------------------------------------------ chat
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        """Answer a conversation, rendered by the model's chat template; tags apply in every message.
+        """Answer a conversation, rendered by the model's chat template.
+
+        Tags apply in system and user messages; assistant turns and tool results are escaped.
 
         Args:
-            messages: the conversation (system, user and assistant turns).
-            **kwargs: per-call generation options, as for :meth:`complete`.
+            messages: the conversation (system, user, assistant and tool turns).
+            **kwargs: per-call generation options, as for :meth:`complete`, plus ``tools`` (OpenAI
+                form) and ``tool_choice``; :meth:`chat_with_tools` fills both from LlamaIndex tools.
         """
         request = self._chat_prompt(messages)
-        result = self._engine.generate(request, **self._options(request, kwargs))
-        return self._chat_response(result, result.text)
+        options = self._options(request, kwargs)
+        result = self._engine.generate(request, **options)
+        return self._chat_response(result, result.text, tools=bool(options.get("tools")))
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        """Like :meth:`chat`, one response per text piece; the last carries spans and counts."""
+        """Like :meth:`chat`, one response per text piece; the last carries spans, counts and tool calls.
+
+        Tool-call markup is held back from the deltas; the calls arrive with the last response.
+        """
         request = self._chat_prompt(messages)
-        stream = self._engine.stream(request, **self._options(request, kwargs))
-        return self._stream_responses(stream, self._chat_chunk, active_span_id.get())
+        options = self._options(request, kwargs)
+        stream = self._engine.stream(request, **options)
+        tools = bool(options.get("tools"))
+        return self._stream_responses(stream, self._chat_chunk, active_span_id.get(), tools)
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         """:meth:`chat` without blocking the event loop; cancelling it stops decoding."""
         request = self._chat_prompt(messages)
-        result = await self._agenerate(request, kwargs)
-        return self._chat_response(result, result.text)
+        options = self._options(request, kwargs)
+        result = await self._agenerate(request, options)
+        return self._chat_response(result, result.text, tools=bool(options.get("tools")))
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
         """:meth:`stream_chat` without blocking the event loop; each step runs in a worker thread."""
         request = self._chat_prompt(messages)
-        stream = await asyncio.to_thread(self._engine.stream, request, **self._options(request, kwargs))
-        return self._astream_responses(stream, self._chat_chunk, active_span_id.get())
+        options = self._options(request, kwargs)
+        stream = await asyncio.to_thread(self._engine.stream, request, **options)
+        tools = bool(options.get("tools"))
+        return self._astream_responses(stream, self._chat_chunk, active_span_id.get(), tools)
 
     # ------------------------------------------------------------------------- internals
 
@@ -295,7 +508,12 @@ class GuideLLM(CustomLLM):
     def _has_chat_template(self) -> bool:
         return bool(getattr(self._engine.tokenizer, "chat_template", None))
 
+    def _end_user_texts(self) -> tuple[str, ...]:
+        """What the end user of a chat engine this call runs inside typed (empty outside chat engines)."""
+        return self._end_users.texts_above(active_span_id.get())
+
     def _completion_prompt(self, prompt: str, formatted: bool) -> Any:
+        prompt = escape_end_user_texts(prompt, self._end_user_texts())  # a condense step's history and question
         if formatted:
             return prompt
         text = self.completion_to_prompt(prompt) if self.completion_to_prompt else prompt
@@ -306,67 +524,66 @@ class GuideLLM(CustomLLM):
         return f"{self.system_prompt}\n\n{text}"
 
     def _chat_prompt(self, messages: Sequence[ChatMessage]) -> Any:
+        end_user = self._end_user_texts()
         if not self._has_chat_template:
-            return self.messages_to_prompt(messages)  # type: ignore[misc]  # LLM sets a default
-        request = []
-        for index, message in enumerate(messages):
-            texts = []
-            for block in message.blocks:
-                if isinstance(block, TextBlock):
-                    texts.append(block.text)
-                elif isinstance(block, _MEDIA_BLOCKS):
-                    raise GuideValueError(
-                        f"message {index} has a {type(block).__name__}; GuideLLM takes text only (TextBlock)"
-                    )
-            role = _ROLES.get(message.role, getattr(message.role, "value", str(message.role)))
-            request.append({"role": role, "content": "\n".join(texts)})
-        return request
+            return self.messages_to_prompt(trusted_copy(messages, end_user))  # type: ignore[misc]  # LLM sets a default
+        return engine_messages(messages, end_user)
 
     def _options(self, request: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        unknown = unknown_options(kwargs, ENGINE_OPTIONS)
+        check_names(kwargs, "GuideLLM call")
+        unknown = unknown_options(kwargs, CALL_OPTIONS)
         if unknown:
-            raise GuideValueError(f"unknown generation option(s) {unknown}; GuideLLM accepts {sorted(ENGINE_OPTIONS)}")
+            raise GuideValueError(f"unknown generation option(s) {unknown}; GuideLLM accepts {sorted(CALL_OPTIONS)}")
         # Every engine option is a field of the same name; the call's keywords win.
-        options = {name: kwargs.get(name, getattr(self, name)) for name in ENGINE_OPTIONS}
+        options = {name: kwargs.get(name, getattr(self, name)) for name in FIELD_OPTIONS}
+        options.update({name: kwargs[name] for name in _PER_CALL_ONLY if kwargs.get(name) is not None})
         if options["metric"] is not None and not has_influence_span(request):
             options["metric"] = None  # nothing to measure
         return options
 
-    async def _agenerate(self, request: Any, kwargs: dict[str, Any]) -> GenerationResult:
-        stream = await asyncio.to_thread(self._engine.stream, request, **self._options(request, kwargs))
+    async def _agenerate(self, request: Any, options: dict[str, Any]) -> GenerationResult:
+        stream = await asyncio.to_thread(self._engine.stream, request, **options)
         async for _ in astream_pieces(stream):  # step by step: cancelling stops decoding
             pass
         return _finished(stream)
 
     def _stream_responses(
-        self, stream: GenerationStream, chunk: Any, span_id: str | None
+        self, stream: GenerationStream, chunk: Callable[..., Any], span_id: str | None, tools: bool
     ) -> Generator[Any, None, None]:
-        text = ""
+        text = shown = ""
         with closing(_pieces(stream)) as pieces:  # a consumer that stops early stops decoding
             for piece, result in pieces:
                 text += piece
-                yield chunk(text, piece, result, span_id)
+                visible = _visible(text) if tools else text
+                delta, shown = visible[len(shown) :], visible
+                if delta or result is not None:
+                    yield chunk(shown, delta, result, span_id, tools)
 
     async def _astream_responses(
-        self, stream: GenerationStream, chunk: Any, span_id: str | None
+        self, stream: GenerationStream, chunk: Callable[..., Any], span_id: str | None, tools: bool
     ) -> AsyncGenerator[Any, None]:
-        text = ""
+        text = shown = ""
         async with aclosing(_apieces(stream)) as pieces:
             async for piece, result in pieces:
                 text += piece
-                yield chunk(text, piece, result, span_id)
+                visible = _visible(text) if tools else text
+                delta, shown = visible[len(shown) :], visible
+                if delta or result is not None:
+                    yield chunk(shown, delta, result, span_id, tools)
 
     def _completion_chunk(
-        self, text: str, piece: str, result: GenerationResult | None, span_id: str | None
+        self, text: str, piece: str, result: GenerationResult | None, span_id: str | None, tools: bool
     ) -> CompletionResponse:
         if result is None:
             return CompletionResponse(text=text, delta=piece)
         return self._completion_response(result, piece, span_id=span_id)
 
-    def _chat_chunk(self, text: str, piece: str, result: GenerationResult | None, span_id: str | None) -> ChatResponse:
+    def _chat_chunk(
+        self, text: str, piece: str, result: GenerationResult | None, span_id: str | None, tools: bool
+    ) -> ChatResponse:
         if result is None:
             return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=piece)
-        return self._chat_response(result, piece, span_id=span_id)
+        return self._chat_response(result, piece, span_id=span_id, tools=tools)
 
     def _extras(self, result: GenerationResult, span_id: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
         """``additional_kwargs`` and ``raw`` of a finished call; dispatches its InfluenceEvent."""
@@ -395,10 +612,39 @@ class GuideLLM(CustomLLM):
         extra, raw = self._extras(result, span_id)
         return CompletionResponse(text=result.text, delta=delta, additional_kwargs=extra, raw=raw)
 
-    def _chat_response(self, result: GenerationResult, delta: str, span_id: str | None = None) -> ChatResponse:
+    def _chat_response(
+        self, result: GenerationResult, delta: str, span_id: str | None = None, tools: bool = False
+    ) -> ChatResponse:
         extra, raw = self._extras(result, span_id)
-        message = ChatMessage(role=MessageRole.ASSISTANT, content=result.text)
+        calls = {"tool_calls": openai_tool_calls(result.tool_calls)} if result.tool_calls else {}
+        text = result.text.split(TOOL_CALL_OPEN, 1)[0] if tools else result.text  # no call cut by max_new_tokens
+        message = ChatMessage(role=MessageRole.ASSISTANT, content=text, additional_kwargs=calls)
         return ChatResponse(message=message, delta=delta, additional_kwargs=extra, raw=raw)
+
+
+def _structured_kwargs(output_cls: type[BaseModel], llm_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """A structured call's options: the caller's, minus program-only keywords, plus the schema."""
+    options = {k: v for k, v in (llm_kwargs or {}).items() if k not in _PROGRAM_KEYWORDS}
+    options["response_format"] = json_schema_format(output_cls)
+    return options
+
+
+def _partial_or_final(output_cls: type[BaseModel], chunk: ChatResponse, current: Any) -> Any:
+    """The best object a streamed chunk gives: partial (LlamaIndex's parser) until the last, validated then."""
+    if "finish_reason" in chunk.additional_kwargs:  # the last chunk carries the finished result
+        return parse_structured(output_cls, chunk)
+    return process_streaming_content_incremental(chunk, output_cls, current)
+
+
+def _visible(text: str) -> str:
+    """``text`` up to its first tool call, holding back a tail that may be the start of one."""
+    cut = text.find(TOOL_CALL_OPEN)
+    if cut >= 0:
+        return text[:cut]
+    for keep in range(min(len(TOOL_CALL_OPEN) - 1, len(text)), 0, -1):
+        if TOOL_CALL_OPEN.startswith(text[-keep:]):
+            return text[:-keep]
+    return text
 
 
 def _finished(stream: GenerationStream) -> GenerationResult:
