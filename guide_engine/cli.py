@@ -161,6 +161,27 @@ ModelOpt = typer.Option(
 )
 GgufOpt = typer.Option(None, "--gguf-file", help="GGUF file name inside --model (a folder or hub repository).")
 SystemOpt = typer.Option(None, "--system", help="A system message (tags allowed) sent before the prompt.")
+PenaltyOpt = typer.Option(1.0, "--repetition-penalty", help="Above 1 discourages repeats (transformers' own); 1 = off.")
+
+
+def read_json_schema(value: str | None) -> dict[str, Any] | None:
+    """``--json-schema``: inline JSON, or the path of a JSON file, as an OpenAI-style response_format."""
+    if value is None:
+        return None
+    text = value
+    if not value.lstrip().startswith("{"):
+        try:
+            with open(value, encoding="utf-8") as handle:
+                text = handle.read()
+        except OSError as error:
+            raise GuideValueError(f"--json-schema {value!r} is neither inline JSON nor a readable file: {error}") from (
+                None
+            )
+    try:
+        schema = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise GuideValueError(f"--json-schema is not valid JSON: {error}") from None
+    return {"type": "json_schema", "json_schema": {"name": "cli", "schema": schema}}
 
 
 @app.command()
@@ -179,6 +200,10 @@ def generate(
     layers: str | None = typer.Option(None, "--layers", help="Layers that get the bias: 'all' or e.g. 0,1,2."),
     system: str | None = SystemOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON instead of streaming the text."),
+    repetition_penalty: float = PenaltyOpt,
+    json_schema: str | None = typer.Option(
+        None, "--json-schema", help="Constrain the output to this JSON schema (inline JSON or a file path)."
+    ),
 ) -> None:
     """Generate a completion of a tagged prompt, streaming the text to stdout."""
     try:
@@ -191,6 +216,8 @@ def generate(
             "seed": seed,
             "stop": list(stop) if stop else None,
             "layers": parse_layer_list(layers, "--layers", allow_all=True),
+            "repetition_penalty": require_finite("--repetition-penalty", repetition_penalty),
+            "response_format": read_json_schema(json_schema),
         }
         engine = load_engine(model, gguf_file)
         if as_json:
@@ -221,6 +248,7 @@ def influence(
     model: str = ModelOpt,
     gguf_file: str | None = GgufOpt,
     system: str | None = SystemOpt,
+    repetition_penalty: float = PenaltyOpt,
 ) -> None:
     """Generate, then measure how much the <?-> … <-?> span influences every token and layer."""
     try:
@@ -231,6 +259,7 @@ def influence(
             "delta_mid": require_finite("--delta-mid", delta_mid),
             "delta_influence": require_finite("--delta-influence", delta_influence),
             "metric": metric.value,
+            "repetition_penalty": require_finite("--repetition-penalty", repetition_penalty),
         }
         engine = load_engine(model, gguf_file)
         if plot_layers is not None:

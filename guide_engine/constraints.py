@@ -43,6 +43,24 @@ def load_llguidance() -> Any:
     return llguidance
 
 
+def closed_objects(schema: Any) -> Any:
+    """``schema`` with ``"additionalProperties": false`` on each object schema that lists
+    ``properties`` and says nothing about other keys.
+
+    JSON Schema allows unlisted keys by default, and a small model then fills them with noise (or
+    repeats keys) until ``max_new_tokens`` cuts the JSON short. Output of the closed schema still
+    validates against the schema as given; it only never adds keys the schema does not name.
+    """
+    if isinstance(schema, list):
+        return [closed_objects(item) for item in schema]
+    if not isinstance(schema, Mapping):
+        return schema
+    closed = {key: closed_objects(value) for key, value in schema.items()}
+    if isinstance(schema.get("properties"), Mapping) and "additionalProperties" not in schema:
+        closed["additionalProperties"] = False
+    return closed
+
+
 def _checked(grammar: str, what: str) -> str:
     error = load_llguidance().LLMatcher.validate_grammar(grammar)
     if error:
@@ -58,7 +76,7 @@ def json_schema_grammar(schema: Mapping[str, Any], what: str = "response_format 
     """
     llguidance = load_llguidance()
     try:
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(dict(schema), defaults=JSON_STYLE)
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(closed_objects(schema), defaults=JSON_STYLE)
     except (ValueError, TypeError) as error:
         raise GuideValueError(f"{what} is not a JSON schema: {error}") from None
     return _checked(grammar, what)
@@ -68,7 +86,7 @@ def tool_call_grammar(tools: Sequence[ToolSpec], tool_choice: str) -> str:
     """The grammar of an answer under ``tool_choice`` (``"auto"``, ``"required"`` or a tool name).
 
     A call is ``<tool_call>{"name": <tool>, "arguments": <its parameters>}</tool_call>``.
-    ``"required"``: one or more calls, one per line. A name: exactly one call of that tool.
+    ``"required"``: one or more calls, back to back. A name: exactly one call of that tool.
     ``"auto"``: the same calls, or text that contains no ``<tool_call>`` at all.
     """
     chosen = [t for t in tools if t.name == tool_choice] or list(tools)
@@ -77,7 +95,7 @@ def tool_call_grammar(tools: Sequence[ToolSpec], tool_choice: str) -> str:
         json_schema_grammar(tool.parameters, f"tool {tool.name!r} parameters")  # names the bad tool
         body = {
             "type": "object",
-            "properties": {"name": {"const": tool.name}, "arguments": dict(tool.parameters)},
+            "properties": {"name": {"const": tool.name}, "arguments": closed_objects(tool.parameters)},
             "required": ["name", "arguments"],
             "additionalProperties": False,
             "x-guidance": JSON_STYLE,
@@ -88,7 +106,7 @@ def tool_call_grammar(tools: Sequence[ToolSpec], tool_choice: str) -> str:
     lark = "\n".join(
         [
             f"start: {start}",
-            'calls: call ("\\n" call)*',
+            "calls: call+",
             f"call: {json.dumps(TOOL_CALL_OPEN)} ({alternatives}) {json.dumps(TOOL_CALL_CLOSE)}",
             *rules,
             f"TEXT: /(.|\\n)+/ & ~/(.|\\n)*{TOOL_CALL_OPEN}(.|\\n)*/",

@@ -99,7 +99,28 @@ def test_other_bad_input_is_one_line_exit_2() -> None:
         assert (result.exit_code, result.stderr) == (2, message + "\n"), args
 
 
+def test_a_bad_json_schema_exits_2_before_loading_a_model() -> None:
+    for value, message in (("missing.json", "neither inline JSON nor a readable file"), ("{oops", "not valid JSON")):
+        result = invoke("generate", "x", "--json-schema", value)
+        assert result.exit_code == 2 and message in result.stderr, result.stderr
+
+
 # ---------------------------------------------------------------------------------- with the model
+
+
+@pytest.mark.real_model
+def test_generate_with_repetition_penalty_and_json_schema_equals_engine(engine, tmp_path: Path) -> None:
+    schema = {"type": "object", "properties": {"color": {"enum": ["red", "green"]}}, "required": ["color"]}
+    fmt = {"type": "json_schema", "json_schema": {"name": "cli", "schema": schema}}
+    expected = engine.generate(PROMPT, max_new_tokens=12, repetition_penalty=1.3, response_format=fmt)
+    path = tmp_path / "schema.json"
+    path.write_text(json.dumps(schema))
+    for value in (str(path), json.dumps(schema)):
+        result = invoke(
+            "generate", PROMPT, "--max-new-tokens", "12", "--repetition-penalty", "1.3", "--json-schema", value
+        )
+        assert result.exit_code == 0, result.stderr
+        assert result.stdout == printed(expected.text) and json.loads(result.stdout)["color"] in ("red", "green")
 
 
 @pytest.mark.real_model
