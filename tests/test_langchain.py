@@ -32,6 +32,7 @@ from pydantic import BaseModel, Field, ValidationError
 from typing_extensions import TypedDict
 
 from guide_engine import AppliedSpan, GuideEngine, GuideError, InfluenceResult, TagError, parse_tags
+from guide_engine.errors import GenerationTimeoutError
 from guide_integrations.core import has_influence_span
 from guide_integrations.langchain import (
     INFLUENCE_EVENT,
@@ -808,3 +809,153 @@ def _assert_same_influence(got: dict[str, Any], expected: dict[str, Any]) -> Non
     assert got["layers"].keys() == expected["layers"].keys()
     for layer, values in expected["layers"].items():
         assert got["layers"][layer] == pytest.approx(values, rel=1e-4, abs=1e-6), layer
+
+
+# ============================================== tools, structured output, agents, on the embedded model
+
+CITIES = ["Paris", "Rome", "Tokyo", "Lima", "Oslo", "Cairo", "Delhi", "Quito", "Seoul", "Dakar"]
+TOOL_PROMPTS = [f"What is the weather in {city}?" for city in CITIES] + [
+    "Is it raining in Berlin right now?",
+    "Tell me the temperature in Madrid in fahrenheit.",
+    "Weather for New York, please.",
+    "<!!-> Use celsius. <-!!> How warm is it in Sydney?",
+    "I am flying to Lisbon tomorrow. What's the weather like?",
+    "quick: weather vienna",
+    "Should I take an umbrella in London today?",
+    "What's it like outside in Toronto?",
+    "Give me the forecast for Nairobi.",
+    "Check the weather in Mexico City for me.",
+]
+PEOPLE_PROMPTS = [
+    "Ada is 36 years old.",
+    "Extract the person: Bob, aged 41.",
+    "My grandmother Rosa turned 90 last week.",
+    "<!!-> Only the first name. <-!!> Alan Turing was 41 when he died.",
+    "Who is mentioned? 'Lina (27) joined the team.'",
+    "Marie Curie, 66.",
+    "The child, Tom, is seven.",
+    "Name and age please: Sam, 19",
+    "Describe a person of your choice.",
+    "Yuki will be 30 next year; she is 29 now.",
+    "Omar is a 52-year-old teacher.",
+    "Return JSON for: Eva, 23.",
+    "A man called Ivan, age 64.",
+    "Liu is twelve years old.",
+    "Hello!",
+    "Grace Hopper was 85.",
+    "Nina, twenty-two.",
+    "Paul (age 48) lives in Paris.",
+    "Zoe just turned 5.",
+    "Make up someone who is 100 years old.",
+]
+
+
+@real_model
+def test_every_tool_call_parses_and_validates_on_twenty_prompts(real_engine: GuideEngine) -> None:
+    llm = ChatGuide(max_tokens=40).bind_tools([get_weather], tool_choice="any")
+    messages = llm.batch(TOOL_PROMPTS)
+    for prompt, message in zip(TOOL_PROMPTS, messages, strict=True):
+        assert message.tool_calls, (prompt, message)
+        for call in message.tool_calls:
+            assert call["name"] == "get_weather" and call["id"].startswith("call_")
+            get_weather.args_schema.model_validate(call["args"])  # the tool's own schema
+        assert "<tool_call>" not in message.content
+    assert len({call["id"] for m in messages for call in m.tool_calls}) == sum(len(m.tool_calls) for m in messages)
+    # Streamed: the calls come as tool_call_chunks (name, id, index, JSON arguments), no markup as text.
+    chunks = list(llm.stream(TOOL_PROMPTS[0]))
+    assert "".join(c.content for c in chunks) == "" and [c.tool_call_chunks for c in chunks if c.tool_call_chunks]
+    full = _joined(chunks)
+    assert [c["args"] for c in full.tool_calls] == [c["args"] for c in messages[0].tool_calls]
+
+
+@real_model
+def test_every_structured_answer_parses_and_validates_on_twenty_prompts(real_engine: GuideEngine) -> None:
+    people = ChatGuide(max_tokens=32).with_structured_output(Person).batch(PEOPLE_PROMPTS)
+    assert all(isinstance(person, Person) for person in people)  # PydanticOutputParser validated each
+    llm = ChatGuide(max_tokens=40)
+    movie = llm.with_structured_output(Movie).invoke("Name a famous movie and its year.")
+    assert set(movie) == {"title", "year"} and isinstance(movie["year"], int)
+    called = llm.with_structured_output(Person, method="function_calling", include_raw=True).invoke(PEOPLE_PROMPTS[0])
+    assert isinstance(called["parsed"], Person) and called["parsing_error"] is None and called["raw"].tool_calls
+    assert isinstance(llm.with_structured_output(None, method="json_mode").invoke("A JSON object about cats."), dict)
+
+
+@real_model
+def test_a_tool_message_round_trip_reads_the_result_as_text(real_engine: GuideEngine) -> None:
+    llm = ChatGuide(max_tokens=40)
+    question = HumanMessage("<!-> Be brief. <-!> What is the weather in Paris?")
+    call = llm.bind_tools([get_weather], tool_choice="get_weather").invoke([question])
+    result = get_weather.invoke(call.tool_calls[0])  # a ToolMessage with a hostile tag in it
+    answer = llm.bind_tools([get_weather], tool_choice="none").invoke([question, call, result], max_tokens=12)
+    assert isinstance(answer.content, str) and not answer.tool_calls
+    assert [s["text"] for s in answer.response_metadata["spans"]] == [" Be brief. "]  # none from the tool
+
+
+@real_model
+def test_create_agent_does_a_tool_round_trip(real_engine: GuideEngine) -> None:
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        from langchain_agent import SYSTEM_PROMPT, build_agent
+    finally:
+        sys.path.pop(0)
+    result = build_agent(max_tokens=40).invoke(
+        {"messages": [{"role": "user", "content": "What is the weather in Paris?"}]}, {"recursion_limit": 8}
+    )
+    kinds = [m.type for m in result["messages"]]
+    assert kinds == ["human", "ai", "tool", "ai"], kinds
+    call = result["messages"][1].tool_calls[0]
+    assert call["name"] == "get_weather" and isinstance(call["args"]["city"], str)
+    assert result["messages"][2].tool_call_id == call["id"]
+    final = result["messages"][3]
+    assert final.content and not final.tool_calls
+    assert "<!!->" in SYSTEM_PROMPT and [s["level"] for s in final.response_metadata["spans"]] == [2]
+
+
+@real_model
+@pytest.mark.filterwarnings("ignore::langchain_core._api.deprecation.LangChainDeprecationWarning")
+def test_a_chat_session_survives_stray_markers(real_engine: GuideEngine) -> None:
+    from langchain_core.chat_history import InMemoryChatMessageHistory
+    from langchain_core.runnables.history import RunnableWithMessageHistory
+
+    prompt = GuideChatPromptTemplate.from_messages(
+        [("system", "<!-> You are concise. <-!>"), ("placeholder", "{history}"), ("human", "{input}")]
+    )
+    store: dict[str, InMemoryChatMessageHistory] = {}
+    chat = RunnableWithMessageHistory(
+        prompt | ChatGuide(max_tokens=6),
+        lambda session: store.setdefault(session, InMemoryChatMessageHistory()),
+        input_messages_key="input",
+        history_messages_key="history",
+    )
+    config = {"configurable": {"session_id": "s"}}
+    turns = ["How do I close a GUIDE tag?", "Like this: <-!> or <!!!-> x <-!!!>?", "Thanks!"]
+    store["s"] = InMemoryChatMessageHistory()
+    store["s"].add_ai_message("You close it with <-!>.")  # the model's answer may carry markers too
+    for turn in turns:
+        answer = chat.invoke({"input": turn}, config)
+        assert [s["text"] for s in answer.response_metadata["spans"]] == [" You are concise. "]
+    assert len(store["s"].messages) == 7
+
+
+@real_model
+def test_timeout_is_a_wall_clock_limit_and_max_retries_retries_it(real_engine: GuideEngine) -> None:
+    spy = CountingEngine(real_engine)
+    with pytest.raises(GenerationTimeoutError) as info:
+        ChatGuide(model=spy, max_tokens=200, timeout=0.05, max_retries=2).invoke("Count to one hundred.")
+    assert spy.singles == 3 and info.value.partial is None or info.value.partial.finish_reason == "timeout"
+
+
+@real_model
+def test_agent_example_runs_offline() -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GUIDE_EXAMPLE_MAX_TOKENS": "40"}
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "langchain_agent.py")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=900,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "ai: tool calls [('get_weather'" in run.stdout and "tool: 'It is sunny" in run.stdout
+    assert "level 3" not in run.stdout  # the tool's tag was read as text
