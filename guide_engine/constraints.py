@@ -183,22 +183,30 @@ class TokenMasks:
 
     def apply(self, logits: torch.Tensor, finished: torch.Tensor) -> None:
         """Mask ``logits`` ``(batch, vocab)`` in place on the rows that have a grammar and are running."""
-        width = logits.shape[-1]
+        rows, ending = [], []
         for row, matcher in enumerate(self.matchers):
             if matcher is None or bool(finished[row]):
                 continue
+            rows.append(row)
             if matcher.is_stopped():  # the grammar is complete: only end-of-sequence
-                allowed = torch.zeros(width, dtype=torch.bool)
-                allowed[[e for e in self.eos_ids if e < width]] = True
+                ending.append(len(rows) - 1)
             else:
                 bits = self.bitmask[row]  # (words,) int32, contiguous
                 matcher.unsafe_compute_mask_ptr(bits.data_ptr(), bits.numel() * bits.element_size())
-                # little-endian words: bit j of word i is token 32 * i + j
-                unpacked = np.unpackbits(bits.numpy().view(np.uint8), bitorder="little")[:width]
-                allowed = torch.from_numpy(unpacked).view(torch.bool)  # (vocab,)
-                if allowed.shape[0] < width:  # model vocabulary wider than the tokenizer's: never allowed
-                    allowed = torch.nn.functional.pad(allowed, (0, width - allowed.shape[0]), value=False)
-            logits[row].masked_fill_(~allowed.to(logits.device), float("-inf"))
+        if not rows:
+            return
+        width = logits.shape[-1]
+        # little-endian int32 words: bit j of word i is token 32 * i + j
+        unpacked = np.unpackbits(self.bitmask[rows].numpy().view(np.uint8), axis=-1, bitorder="little")
+        allowed = torch.from_numpy(unpacked[:, :width]).view(torch.bool)  # (rows, vocab)
+        if allowed.shape[1] < width:  # model vocabulary wider than the tokenizer's: never allowed
+            allowed = torch.nn.functional.pad(allowed, (0, width - allowed.shape[1]), value=False)
+        if ending:
+            eos = [e for e in self.eos_ids if e < width]
+            allowed[ending] = False
+            allowed[torch.tensor(ending)[:, None], torch.tensor(eos)[None, :]] = True
+        index = torch.tensor(rows, device=logits.device)
+        logits[index] = logits[index].masked_fill(~allowed.to(logits.device), float("-inf"))
 
     def advance(self, next_ids: torch.Tensor, finished: torch.Tensor) -> None:
         """Feed each running, constrained row's chosen token to its matcher."""
