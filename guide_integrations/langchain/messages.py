@@ -56,6 +56,7 @@ _ROLES: dict[type[BaseMessage], str] = {
     FunctionMessage: "tool",
 }
 _TEXT_BLOCKS = ("text",)
+_CALL_BLOCKS = ("tool_use", "tool_call", "function_call")  # Anthropic, v1 and OpenAI-style call blocks
 ASSISTANT, TOOL = "assistant", "tool"
 
 
@@ -130,6 +131,8 @@ def _text(message: BaseMessage, index: int) -> str:
             parts.append(block)
         elif isinstance(block, Mapping) and block.get("type") in _TEXT_BLOCKS:
             parts.append(str(block.get("text", "")))
+        elif isinstance(block, Mapping) and block.get("type") in _CALL_BLOCKS and getattr(message, "tool_calls", None):
+            continue  # a provider's copy of a call that `message.tool_calls` already carries
         else:
             kind = block.get("type") if isinstance(block, Mapping) else type(block).__name__
             raise MessageError(
