@@ -23,7 +23,7 @@ import warnings
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
-from guide_engine import GenerationStream, GuideEngine, MissingDependencyError, escape_tags, parse_tags
+from guide_engine import REQUEST_OPTIONS, GenerationStream, GuideEngine, MissingDependencyError, escape_tags, parse_tags
 from guide_engine.loading import DEFAULT_MODEL_NAMES, EMBEDDED_GGUF
 
 __all__ = [
@@ -38,20 +38,17 @@ __all__ = [
     "unknown_options",
 ]
 
-ENGINE_OPTIONS: tuple[str, ...] = (
-    "max_new_tokens",
-    "temperature",
-    "top_p",
-    "top_k",
-    "seed",
-    "stop",
-    "delta_mid",
-    "delta_influence",
-    "layers",
-    "heads",
-    "metric",
+ENGINE_OPTIONS: tuple[str, ...] = tuple(
+    name
+    for name in REQUEST_OPTIONS
+    if name not in ("response_format", "tools", "tool_choice", "repetition_penalty", "timeout")
 )
-"""Keyword arguments of ``GuideEngine.generate``, ``stream`` and ``generate_batch``, in one order."""
+"""The engine's request options a wrapper exposes as settings, derived from ``REQUEST_OPTIONS``.
+
+The other five arrive in their own shapes: ``tools``/``tool_choice`` through ``bind_tools`` and
+``chat_with_tools``, ``response_format`` through structured output, ``repetition_penalty`` and
+``timeout`` as fields of each wrapper.
+"""
 
 MetricName = Literal["influence", "attention_rollout"]
 """How a ``<?->`` span can be measured (the engine's ``metric=``)."""
