@@ -276,7 +276,7 @@ def compute_influence(
     tracker = InfluenceTracker(indicator.to(model.device), options.metric)
     state = build_state([encoded], options, len(encoded.input_ids), model.device, influence=tracker)
     model(input_ids=torch.tensor([ids], device=model.device), use_cache=False, logits_to_keep=1, guide=state)
-    num_layers = len(decoder_layers(model))
+    num_layers = int(model.config.num_hidden_layers)
     if len(tracker.layers) != num_layers + 1:
         raise InfluenceError(f"influence covered {len(tracker.layers) - 1} of {num_layers} layers")
     return InfluenceResult(

@@ -15,7 +15,7 @@ from typing import Any
 from .engine import GuideEngine
 from .loading import resolve_model, torch_dtype
 
-__all__ = ["KEEP_RECENT", "clear_shared_engines", "engine_key", "shared_engine"]
+__all__ = ["KEEP_RECENT", "clear_shared_engines", "shared_engine"]
 
 KEEP_RECENT = 2
 """How many recently used engines the registry itself keeps loaded."""
@@ -42,14 +42,18 @@ def clear_shared_engines() -> None:
         _engines.clear()
 
 
-def engine_key(model: Any = None, **load_kwargs: Any) -> tuple:
-    """What identifies a loaded engine: the resolved model location and the load options."""
-    load_kwargs = {k: v for k, v in load_kwargs.items() if v is not None}
-    if "dtype" in load_kwargs:
-        load_kwargs["dtype"] = torch_dtype(load_kwargs["dtype"])  # "bfloat16" and torch.bfloat16 share an engine
+def _load_options(model: Any, load_kwargs: dict[str, Any]) -> tuple[tuple[str, str | None], dict[str, Any]]:
+    """The resolved model location and the load options that matter (``None`` dropped, dtype normalized)."""
+    options = {k: v for k, v in load_kwargs.items() if v is not None}
+    if "dtype" in options:
+        options["dtype"] = torch_dtype(options["dtype"])  # "bfloat16" and torch.bfloat16 share an engine
     # Key on what is actually loaded, so "default" and the embedded GGUF's path share one engine.
-    location = resolve_model(model, load_kwargs.pop("gguf_file", None))
-    return (location, tuple(sorted((k, repr(v)) for k, v in load_kwargs.items())))
+    return resolve_model(model, options.pop("gguf_file", None)), options
+
+
+def _engine_key(location: tuple[str, str | None], options: dict[str, Any]) -> tuple:
+    """What identifies a loaded engine: the resolved model location and the load options."""
+    return (location, tuple(sorted((k, repr(v)) for k, v in options.items())))
 
 
 def shared_engine(model: Any = None, **load_kwargs: Any) -> GuideEngine:
@@ -61,7 +65,8 @@ def shared_engine(model: Any = None, **load_kwargs: Any) -> GuideEngine:
     """
     if isinstance(model, GuideEngine):
         return model
-    key = engine_key(model, **load_kwargs)
+    (folder, gguf), options = _load_options(model, load_kwargs)
+    key = _engine_key((folder, gguf), options)
     with _registry_lock:
         engine = _engines.get(key)
         if engine is not None:
@@ -72,8 +77,6 @@ def shared_engine(model: Any = None, **load_kwargs: Any) -> GuideEngine:
         with _registry_lock:
             engine = _engines.get(key)
         if engine is None:
-            (folder, gguf), options = key[0], {k: v for k, v in load_kwargs.items() if v is not None}
-            options.pop("gguf_file", None)
             engine = GuideEngine.from_pretrained(folder, gguf_file=gguf, **options)
         with _registry_lock:
             _touch(key, engine)

@@ -24,14 +24,13 @@ from llama_index.core.base.response.schema import (
     Response,
     StreamingResponse,
 )
-from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events import BaseEvent
-from llama_index.core.instrumentation.span import BaseSpan
-from llama_index.core.instrumentation.span_handlers import BaseSpanHandler
 from pydantic import Field, PrivateAttr
 
 from guide_engine import InfluenceResult
+
+from .spans import RootSpanHandler
 
 __all__ = ["GUIDE_METADATA_KEY", "InfluenceEvent", "InfluenceEventHandler", "ResponseAnnotator"]
 
@@ -39,7 +38,6 @@ GUIDE_METADATA_KEY = "guide"
 """Key of the per-call GUIDE records in a query engine response's ``metadata``."""
 
 _QUERY_RESPONSES = (Response, StreamingResponse, AsyncStreamingResponse, PydanticResponse)
-_install_lock = threading.Lock()
 
 
 class InfluenceEvent(BaseEvent):
@@ -101,7 +99,7 @@ class InfluenceEventHandler(BaseEventHandler):
             self._results.clear()
 
 
-class ResponseAnnotator(BaseSpanHandler[BaseSpan]):
+class ResponseAnnotator(RootSpanHandler):
     """Puts each ``GuideLLM`` call's record into the ``metadata`` of the response that contains it.
 
     A record travels from the span of the LLM call (``chat``, ``complete``, ``achat`` …) up to
@@ -111,26 +109,12 @@ class ResponseAnnotator(BaseSpanHandler[BaseSpan]):
     the ``LLMChatEndEvent`` / ``LLMCompletionEndEvent`` responses (``raw``) for those.
     """
 
-    _parents: dict[str, str | None] = PrivateAttr(default_factory=dict)
     _records: dict[str, list[dict[str, Any]]] = PrivateAttr(default_factory=dict)
-    _state_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     @classmethod
     def class_name(cls) -> str:
         """Class name."""
         return "GuideResponseAnnotator"
-
-    @classmethod
-    def install(cls) -> ResponseAnnotator:
-        """Add one annotator to the root dispatcher (once per process) and return it."""
-        root = get_dispatcher()
-        with _install_lock:
-            for handler in root.span_handlers:
-                if isinstance(handler, cls):
-                    return handler
-            handler = cls()
-            root.add_span_handler(handler)
-            return handler
 
     def span_enter(
         self,
@@ -177,16 +161,6 @@ class ResponseAnnotator(BaseSpanHandler[BaseSpan]):
         with self._state_lock:
             self._parents.pop(id_, None)
             self._records.pop(id_, None)
-
-    # BaseSpanHandler's abstract hooks: this handler keeps no span objects.
-    def new_span(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-    def prepare_to_exit_span(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-    def prepare_to_drop_span(self, *args: Any, **kwargs: Any) -> None:
-        return None
 
 
 def _guide_record(result: Any) -> dict[str, Any] | None:

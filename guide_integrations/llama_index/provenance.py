@@ -19,20 +19,16 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import threading
 from typing import Any
 
 from llama_index.core.chat_engine.types import BaseChatEngine
-from llama_index.core.instrumentation import get_dispatcher
-from llama_index.core.instrumentation.span import BaseSpan
-from llama_index.core.instrumentation.span_handlers import BaseSpanHandler
 from pydantic import PrivateAttr
 
 from guide_engine import escape_tags
 
-__all__ = ["EndUserTexts"]
+from .spans import RootSpanHandler
 
-_install_lock = threading.Lock()
+__all__ = ["EndUserTexts"]
 
 
 def _text(message: Any) -> str:
@@ -40,29 +36,15 @@ def _text(message: Any) -> str:
     return content if isinstance(content, str) else ""
 
 
-class EndUserTexts(BaseSpanHandler[BaseSpan]):
+class EndUserTexts(RootSpanHandler):
     """Remembers what the end user of each open chat engine call typed (the texts with tag markers)."""
 
-    _parents: dict[str, str | None] = PrivateAttr(default_factory=dict)
     _texts: dict[str, tuple[str, ...]] = PrivateAttr(default_factory=dict)
-    _state_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     @classmethod
     def class_name(cls) -> str:
         """Class name."""
         return "GuideEndUserTexts"
-
-    @classmethod
-    def install(cls) -> EndUserTexts:
-        """Add one handler to the root dispatcher (once per process) and return it."""
-        root = get_dispatcher()
-        with _install_lock:
-            for handler in root.span_handlers:
-                if isinstance(handler, cls):
-                    return handler
-            handler = cls()
-            root.add_span_handler(handler)
-            return handler
 
     def texts_above(self, span_id: str | None) -> tuple[str, ...]:
         """The end-user texts of every chat engine call that ``span_id`` runs inside (empty outside any)."""
@@ -119,13 +101,3 @@ class EndUserTexts(BaseSpanHandler[BaseSpan]):
         with self._state_lock:
             self._parents.pop(id_, None)
             self._texts.pop(id_, None)
-
-    # BaseSpanHandler's abstract hooks: this handler keeps no span objects.
-    def new_span(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-    def prepare_to_exit_span(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-    def prepare_to_drop_span(self, *args: Any, **kwargs: Any) -> None:
-        return None
