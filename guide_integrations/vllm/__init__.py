@@ -2,8 +2,8 @@
 
 ``register()`` is vLLM's ``vllm.general_plugins`` entry point (run in every vLLM process). It adds
 
-* the model architecture ``GuideLlamaForCausalLM`` (:mod:`.model`), selected with
-  ``--hf-overrides '{"architectures": ["GuideLlamaForCausalLM"]}'``;
+* a GUIDE model class per supported family (:mod:`.model`: Llama, Mistral, Qwen2, Qwen3, Gemma 3),
+  selected with ``--hf-overrides '{"architectures": ["GuideLlamaForCausalLM"]}'`` (or the family's);
 * the tokenizer/renderer mode ``guide`` (:mod:`.renderer`), selected with ``--tokenizer-mode guide``.
 
 Only vLLM's public extension points are used. ``guide serve`` (:mod:`.serve`) sets all of this up.
@@ -14,8 +14,17 @@ from __future__ import annotations
 
 __all__ = ["ARCHITECTURES", "RENDERER_MODE", "register"]
 
-ARCHITECTURES = {"LlamaForCausalLM": "GuideLlamaForCausalLM"}
-"""Stock architecture → its GUIDE class (Llama family only, for now)."""
+ARCHITECTURES = {
+    name: "Guide" + name
+    for name in (
+        "LlamaForCausalLM",
+        "MistralForCausalLM",
+        "Qwen2ForCausalLM",
+        "Qwen3ForCausalLM",
+        "Gemma3ForCausalLM",
+    )
+}
+"""Stock architecture (a model's ``config.json``) → its GUIDE class in :mod:`.model`."""
 RENDERER_MODE = "guide"
 
 
@@ -25,8 +34,10 @@ def register() -> None:
     from vllm.renderers.registry import RENDERER_REGISTRY
     from vllm.tokenizers.registry import TokenizerRegistry
 
-    if "GuideLlamaForCausalLM" not in ModelRegistry.get_supported_archs():
-        ModelRegistry.register_model("GuideLlamaForCausalLM", "guide_integrations.vllm.model:GuideLlamaForCausalLM")
+    supported = ModelRegistry.get_supported_archs()
+    for guide_class in ARCHITECTURES.values():
+        if guide_class not in supported:
+            ModelRegistry.register_model(guide_class, f"guide_integrations.vllm.model:{guide_class}")
     if RENDERER_MODE not in TokenizerRegistry.tokenizers:
         TokenizerRegistry.register(RENDERER_MODE, *TokenizerRegistry.tokenizers["hf"])
     if RENDERER_MODE not in RENDERER_REGISTRY.renderers:

@@ -1,20 +1,26 @@
-"""``GuideLlamaForCausalLM``: vLLM's Llama with Δ in the KV cache through one extra key coordinate.
+"""vLLM model classes with GUIDE: Δ in the KV cache through one extra key coordinate.
 
-The engine's prefill trick (:mod:`guide_engine.attention`), made permanent: every layer pads the
-heads to a head size vLLM's attention kernels support (64 → 80) and writes
+The engine's prefill trick (:mod:`guide_engine.attention`), made permanent: every attention layer
+pads its heads to a head size vLLM's kernels support (64 → 80) and writes
 
     q′ = [q, 1, 0…],   k′ = [k, Δ_j / scale, 0…],   v′ = [v, 0…]
 
 so ``q′·k′ · scale = q·k · scale + Δ_j`` in whatever kernel vLLM runs (prefill, decode, chunked,
 paged). ``k′`` goes into the paged KV cache, so a key keeps its Δ for every later step and every
-later request that reuses its block; generated tokens get Δ = 0. The causal mask is the kernel's
-own, so a bias never un-masks a key. The output's padded columns are zero and dropped.
+later request that reuses its block; generated tokens get Δ = 0. The causal mask (and a sliding
+window) are the kernel's own, so a bias never un-masks a key. The padded output columns are zero
+and dropped.
 
-Δ arrives in the token ids (:mod:`guide_integrations.vllm.codec`): the model splits each id into
-the token (for the embedding) and its Δ (for the keys) at the start of its forward pass.
+Δ arrives in the token ids (:mod:`guide_integrations.vllm.codec`). :class:`GuideModelMixin` splits
+each id into the token (for the embedding) and its Δ at the start of the forward pass and writes Δ
+into one preallocated buffer that every :class:`GuideAttention` layer reads — a fixed buffer, as
+vLLM's own inputs are, so it stays valid under CUDA graphs. The mixin works on any vLLM model whose
+attention goes through vLLM's ``Attention`` layer with plain dot-product logits; the classes below
+are the families tested here.
 
-Limits: pipeline parallelism is not supported (later ranks receive hidden states, not ids);
-tensor parallelism splits heads, and each shard pads its own heads, so it needs no change.
+Limits: pipeline parallelism is not supported (later ranks receive hidden states, not ids); tensor
+parallelism splits heads and each shard pads its own, so it needs no change. Attention with logit
+soft-capping or ALiBi is refused: Δ would not be a plain additive bias there.
 """
 
 from __future__ import annotations
@@ -22,15 +28,30 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import nn
 from vllm.config import get_current_vllm_config
 from vllm.model_executor.layers.attention import Attention
-from vllm.model_executor.models.llama import LlamaAttention, LlamaDecoderLayer, LlamaForCausalLM, LlamaModel
+from vllm.model_executor.models.gemma3 import Gemma3ForCausalLM
+from vllm.model_executor.models.llama import LlamaForCausalLM
+from vllm.model_executor.models.mistral import MistralForCausalLM
+from vllm.model_executor.models.qwen2 import Qwen2ForCausalLM
+from vllm.model_executor.models.qwen3 import Qwen3ForCausalLM
+
+from guide_engine.errors import ModelNotSupportedError
 
 from .codec import decode_ids
 
-__all__ = ["ARCHITECTURE", "GuideLlamaForCausalLM", "padded_head_size"]
+__all__ = [
+    "GuideAttention",
+    "GuideGemma3ForCausalLM",
+    "GuideLlamaForCausalLM",
+    "GuideMistralForCausalLM",
+    "GuideModelMixin",
+    "GuideQwen2ForCausalLM",
+    "GuideQwen3ForCausalLM",
+    "padded_head_size",
+]
 
-ARCHITECTURE = "GuideLlamaForCausalLM"
 SUPPORTED_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 """Head sizes of vLLM's CPU attention backend (its ``get_supported_head_sizes``)."""
 
@@ -40,109 +61,124 @@ def padded_head_size(head_dim: int) -> int:
     for size in SUPPORTED_HEAD_SIZES:
         if size > head_dim:
             return size
-    raise ValueError(f"head_dim {head_dim} leaves no room for GUIDE's coordinate; supported: {SUPPORTED_HEAD_SIZES}")
+    raise ModelNotSupportedError(
+        f"head size {head_dim} leaves no room for GUIDE's coordinate; supported: {SUPPORTED_HEAD_SIZES}"
+    )
 
 
-class GuideLlamaAttention(LlamaAttention):
-    """Llama attention whose heads carry GUIDE's coordinate, in the cache and in the kernel."""
+class DeltaBuffer:
+    """Δ of every token in the current forward pass, in one buffer all attention layers read."""
 
-    def __init__(self, *args: Any, prefix: str = "", **kwargs: Any) -> None:
-        super().__init__(*args, prefix=prefix, **kwargs)
-        stock: Any = getattr(self, "attn")  # noqa: B009  (mypy cannot see the base class here)
-        # Replace the stock attention layer by the padded one under the same layer name, so the
-        # KV cache is allocated for the padded head size.
-        get_current_vllm_config().compilation_config.static_forward_context.pop(stock.layer_name)
-        self.padded_dim = padded_head_size(self.head_dim)
-        self.attn = Attention(
-            self.num_heads,
-            self.padded_dim,
-            self.scaling,  # the stock scale, 1/sqrt(head_dim): the padding changes no logit
-            num_kv_heads=self.num_kv_heads,
-            cache_config=kwargs.get("cache_config"),
-            quant_config=kwargs.get("quant_config"),
+    def __init__(self, capacity: int) -> None:
+        self.values = torch.zeros(capacity, dtype=torch.float32)  # on vLLM's device: built under its context
+
+    def write(self, delta: torch.Tensor | None, tokens: int) -> None:
+        """Store Δ for this pass's ``tokens`` tokens (``None``: embeddings came without ids, Δ = 0)."""
+        if tokens > self.values.shape[0]:
+            self.values = self.values.new_zeros(tokens)
+        if delta is None:
+            self.values[:tokens].zero_()
+        else:
+            self.values[:tokens].copy_(delta)
+
+
+class GuideAttention(Attention):
+    """vLLM's ``Attention`` with one more head coordinate: the key's Δ, in the kernel and the cache."""
+
+    def __init__(self, stock: Attention, delta: DeltaBuffer) -> None:
+        impl: Any = stock.impl
+        if getattr(impl, "logits_soft_cap", None) or getattr(impl, "alibi_slopes", None) is not None:
+            raise ModelNotSupportedError(
+                f"{stock.layer_name}: GUIDE needs plain dot-product logits (no soft cap or ALiBi)"
+            )
+        if stock.head_size_v != stock.head_size:
+            raise ModelNotSupportedError(f"{stock.layer_name}: GUIDE needs equal key and value head sizes")
+        vllm_config = get_current_vllm_config()
+        # Take the stock layer's place under its name, so the KV cache is allocated for the padded size.
+        vllm_config.compilation_config.static_forward_context.pop(stock.layer_name)
+        super().__init__(
+            stock.num_heads,
+            padded_head_size(stock.head_size),
+            impl.scale,  # the stock scale: the padding changes no logit
+            num_kv_heads=stock.num_kv_heads,
+            cache_config=vllm_config.cache_config,
+            quant_config=stock.quant_config,
             per_layer_sliding_window=stock.sliding_window,
-            attn_type=stock.attn_type,
             prefix=stock.layer_name,
+            attn_type=stock.attn_type,
+            kv_sharing_target_layer_name=stock.kv_sharing_target_layer_name,
         )
+        self.stock_head_size = stock.head_size
+        self.key_scale = 1.0 / impl.scale
+        self.delta = delta
 
     def forward(
         self,
-        positions: torch.Tensor,  # (tokens,)
-        hidden_states: torch.Tensor,  # (tokens, hidden)
-        guide_delta: torch.Tensor | None = None,  # (tokens,) Δ of each token as a key
+        query: torch.Tensor,  # (tokens, heads · head)
+        key: torch.Tensor,  # (tokens, kv_heads · head)
+        value: torch.Tensor,  # (tokens, kv_heads · head)
+        output_shape: torch.Size | None = None,
+        output_dtype: torch.dtype | None = None,
     ) -> torch.Tensor:
-        qkv, _ = self.qkv_proj(hidden_states)
-        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q, k = self.rotary_emb(positions, q, k)
-        tokens, pad = q.shape[0], self.padded_dim - self.head_dim
-        q = q.view(tokens, self.num_heads, self.head_dim)
-        k = k.view(tokens, self.num_kv_heads, self.head_dim)
-        v = v.view(tokens, self.num_kv_heads, self.head_dim)
+        tokens, head, pad = query.shape[0], self.stock_head_size, self.head_size - self.stock_head_size
+        q = query.view(tokens, self.num_heads, head)
+        k = key.view(tokens, self.num_kv_heads, head)
+        v = value.view(tokens, self.num_kv_heads, head)
         q_extra = q.new_zeros(tokens, self.num_heads, pad)  # (tokens, heads, pad)
         q_extra[..., 0] = 1
         k_extra = k.new_zeros(tokens, self.num_kv_heads, pad)  # (tokens, kv_heads, pad)
-        if guide_delta is not None:
-            k_extra[..., 0] = (guide_delta / self.scaling).to(k.dtype)[:, None]
+        k_extra[..., 0] = (self.delta.values[:tokens] * self.key_scale).to(k.dtype)[:, None]
         q = torch.cat([q, q_extra], dim=-1).view(tokens, -1)
         k = torch.cat([k, k_extra], dim=-1).view(tokens, -1)
         v = torch.cat([v, v.new_zeros(tokens, self.num_kv_heads, pad)], dim=-1).view(tokens, -1)
-        out = self.attn(q, k, v).view(tokens, self.num_heads, self.padded_dim)  # (tokens, heads, padded)
-        output, _ = self.o_proj(out[..., : self.head_dim].reshape(tokens, -1))
-        return output
+        out = super().forward(q, k, v, output_dtype=output_dtype)  # (tokens, heads · padded)
+        return out.view(tokens, self.num_heads, self.head_size)[..., :head].reshape(tokens, -1)
 
 
-class GuideLlamaDecoderLayer(LlamaDecoderLayer):
-    """A Llama decoder layer that hands each token's Δ to its attention."""
-
-    def __init__(self, vllm_config: Any, prefix: str = "", config: Any = None) -> None:
-        super().__init__(vllm_config, prefix=prefix, config=config, attn_layer_type=GuideLlamaAttention)
-
-    def forward(
-        self,
-        positions: torch.Tensor,
-        hidden_states: torch.Tensor,
-        residual: torch.Tensor | None,
-        guide_delta: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if residual is None:
-            residual = hidden_states
-            hidden_states = self.input_layernorm(hidden_states)
-        else:
-            hidden_states, residual = self.input_layernorm(hidden_states, residual)
-        hidden_states = self.self_attn(positions=positions, hidden_states=hidden_states, guide_delta=guide_delta)
-        hidden_states, residual = self.post_attention_layernorm(hidden_states, residual)
-        return self.mlp(hidden_states), residual
-
-
-class GuideLlamaModel(LlamaModel):
-    """Llama's decoder stack; splits shifted ids into tokens and Δ before the embedding."""
-
-    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
-        tokens, _ = decode_ids(input_ids, self.vocab_size)
-        return self.embed_tokens(tokens)
-
-    def forward(
-        self,
-        input_ids: torch.Tensor | None,
-        positions: torch.Tensor,
-        intermediate_tensors: Any = None,
-        inputs_embeds: torch.Tensor | None = None,
-        **kwargs: Any,
-    ) -> Any:
-        delta = None
-        if input_ids is not None:
-            input_ids, delta = decode_ids(input_ids, self.vocab_size)
-        return super().forward(input_ids, positions, intermediate_tensors, inputs_embeds, guide_delta=delta, **kwargs)
-
-
-class GuideLlamaForCausalLM(LlamaForCausalLM):
-    """vLLM's ``LlamaForCausalLM`` with GUIDE: select it with ``hf_overrides={"architectures": [ARCHITECTURE]}``."""
+class GuideModelMixin(nn.Module):
+    """Put before a vLLM ``…ForCausalLM`` class: GUIDE attention in every layer, Δ read from the ids."""
 
     def __init__(self, *, vllm_config: Any, prefix: str = "", **kwargs: Any) -> None:
-        super().__init__(vllm_config=vllm_config, prefix=prefix, layer_type=GuideLlamaDecoderLayer)
+        if vllm_config.parallel_config.pipeline_parallel_size > 1:
+            raise ModelNotSupportedError(
+                "GUIDE on vLLM does not support pipeline parallelism: later stages receive hidden states, "
+                "not the token ids that carry Δ; use tensor parallelism"
+            )
+        super().__init__(vllm_config=vllm_config, prefix=prefix, **kwargs)
+        self.guide_vocab = vllm_config.model_config.get_vocab_size()
+        self.guide_delta = DeltaBuffer(vllm_config.scheduler_config.max_num_batched_tokens)
+        stock_layers = [(parent, name, child) for parent in self.modules() for name, child in parent.named_children()]
+        for parent, name, child in stock_layers:
+            if isinstance(child, Attention) and not isinstance(child, GuideAttention):
+                setattr(parent, name, GuideAttention(child, self.guide_delta))
 
-    def _init_model(self, vllm_config: Any, prefix: str = "", layer_type: Any = GuideLlamaDecoderLayer) -> Any:
-        return GuideLlamaModel(vllm_config=vllm_config, prefix=prefix, layer_type=layer_type)
+    def embed_input_ids(self, input_ids: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        tokens, _ = decode_ids(input_ids, self.guide_vocab)
+        return super().embed_input_ids(tokens, *args, **kwargs)  # type: ignore[misc]
 
-    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model.embed_input_ids(input_ids)
+    def forward(self, input_ids: torch.Tensor | None, positions: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        delta = None
+        if input_ids is not None:
+            input_ids, delta = decode_ids(input_ids, self.guide_vocab)
+        self.guide_delta.write(delta, positions.shape[-1])
+        return super().forward(input_ids, positions, *args, **kwargs)
+
+
+class GuideLlamaForCausalLM(GuideModelMixin, LlamaForCausalLM):
+    """vLLM's Llama (SmolLM2, Llama 2/3 …) with GUIDE."""
+
+
+class GuideMistralForCausalLM(GuideModelMixin, MistralForCausalLM):
+    """vLLM's Mistral with GUIDE."""
+
+
+class GuideQwen2ForCausalLM(GuideModelMixin, Qwen2ForCausalLM):
+    """vLLM's Qwen2 / Qwen2.5 with GUIDE."""
+
+
+class GuideQwen3ForCausalLM(GuideModelMixin, Qwen3ForCausalLM):
+    """vLLM's Qwen3 with GUIDE."""
+
+
+class GuideGemma3ForCausalLM(GuideModelMixin, Gemma3ForCausalLM):
+    """vLLM's Gemma 3 (text) with GUIDE."""

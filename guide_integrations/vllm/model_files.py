@@ -4,11 +4,13 @@ vLLM loads a folder of safetensors weights. The embedded SmolLM2 ships as a GGUF
 transformers model loaded from GGUF refuses ``save_pretrained`` ("quantized with gguf … not
 serializable"), so the dequantized ``state_dict`` is written with safetensors next to the config
 (without ``quantization_config``), the tokenizer and the generation config. The folder is keyed by
-the GGUF file's size and modification time, so a reinstalled model is converted again.
+the GGUF file's content hash, so a changed model is converted again and the same file installed in two
+environments (the main one and vLLM's) is converted once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -42,12 +44,19 @@ def model_folder(model: str | None = None) -> str:
         folder, gguf = resolve_model(model, None)
     if gguf is None:
         return str(folder)
-    source = os.path.join(folder, gguf)
-    stat = os.stat(source)
-    target = cache_root() / f"{Path(gguf).stem}-{stat.st_size}-{int(stat.st_mtime)}"
+    target = cache_root() / f"{Path(gguf).stem}-{_content_hash(os.path.join(folder, gguf))}"
     if not (target / "config.json").is_file():
         _convert(folder, gguf, target)
     return str(target)
+
+
+def _content_hash(path: str) -> str:
+    """The file's SHA-256 (16 hex digits): the same GGUF in two environments shares one folder."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def _convert(folder: str, gguf: str, target: Path) -> None:

@@ -19,7 +19,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from guide_engine.errors import GuideValueError, ModelNotSupportedError, require_finite
+from guide_engine.errors import ModelLoadError, ModelNotSupportedError, require_finite
 
 from . import ARCHITECTURES, RENDERER_MODE
 from .model_files import model_folder
@@ -32,11 +32,14 @@ MIDDLEWARE = "guide_integrations.vllm.middleware.GuideBodyMiddleware"
 
 
 def _architecture(folder: str) -> str:
-    config_path = os.path.join(folder, "config.json")
-    if not os.path.isfile(config_path):
-        raise GuideValueError(f"{folder!r} has no config.json; pass a local model folder, a .gguf file or 'default'")
-    with open(config_path, encoding="utf-8") as handle:
-        architectures = json.load(handle).get("architectures") or []
+    """The GUIDE class serving ``folder`` (a local folder or a hub id), from its config's architectures."""
+    from transformers import PreTrainedConfig
+
+    try:
+        config, _ = PreTrainedConfig.get_config_dict(folder)
+    except OSError as error:
+        raise ModelLoadError(f"cannot read the config of {folder!r}: {error}") from error
+    architectures = config.get("architectures") or []
     for name in architectures:
         if name in ARCHITECTURES:
             return ARCHITECTURES[name]
