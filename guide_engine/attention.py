@@ -75,6 +75,8 @@ class GuideAttentionState:
         pad_offsets: ``(batch,)`` left-padding length of each row, to recover absolute
             positions from position ids; ``None`` when nothing is padded.
         influence: an influence tracker filled during this forward, or ``None``.
+        query_from: the first absolute position whose queries get Δ (``delta_queries="output"``:
+            the last prompt position); ``None``: every query, as the paper does.
     """
 
     key_bias: torch.Tensor | None = None
@@ -82,6 +84,7 @@ class GuideAttentionState:
     heads: tuple[int, ...] | None = None
     pad_offsets: torch.Tensor | None = None
     influence: InfluenceColumn | None = None
+    query_from: int | None = None
     _head_cache: dict[Any, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def bias_for_layer(self, layer_idx: int | None) -> torch.Tensor | None:
@@ -100,6 +103,30 @@ class GuideAttentionState:
             sel[list(self.heads) if self.heads is not None else slice(None)] = 1
             self._head_cache[key] = sel.view(1, num_heads, 1, 1)
         return self._head_cache[key]
+
+    def query_selector(
+        self, q_len: int, kv_len: int, position_ids: torch.Tensor | None, like: torch.Tensor
+    ) -> torch.Tensor | None:
+        """``(batch | 1, 1, q_len, 1)``: 1 on the queries that get Δ, 0 elsewhere; ``None`` for all.
+
+        A query's absolute position is its position id plus its row's left padding (or, without
+        position ids, the last ``q_len`` of ``kv_len`` positions).
+        """
+        if self.query_from is None:
+            return None
+        if position_ids is not None:
+            positions = position_ids[:, -q_len:]  # (batch, q_len)
+            if self.pad_offsets is not None:
+                positions = positions + self.pad_offsets.to(positions.device)[:, None]
+        else:
+            positions = torch.arange(kv_len - q_len, kv_len, device=like.device)[None, :]
+        return (positions >= self.query_from).to(like.dtype)[:, None, :, None]
+
+    def with_plain_twins(self) -> GuideAttentionState:
+        """This state for a batch of twice the rows: the rows as they are, then the same rows without Δ."""
+        bias = None if self.key_bias is None else torch.cat([self.key_bias, torch.zeros_like(self.key_bias)])
+        pads = None if self.pad_offsets is None else torch.cat([self.pad_offsets, self.pad_offsets])
+        return GuideAttentionState(bias, self.layers, self.heads, pads, None, self.query_from)
 
 
 def build_state(
@@ -130,6 +157,7 @@ def build_state(
         heads=options.heads,
         pad_offsets=pads if bool(pads.any()) else None,
         influence=influence,
+        query_from=width - 1 if options.delta_queries == "output" else None,
     )
 
 
@@ -186,11 +214,14 @@ def guide_attention_forward(
         bias = bias.to(device=key.device, dtype=query.dtype)  # (batch, kv_len)
     value_extra = tracker.value_column(layer_idx, kv_len, value) if tracker is not None else None
 
+    queries = guide.query_selector(q_len, kv_len, kwargs.get("position_ids"), query) if bias is not None else None
     if q_len == 1 and value_extra is None and bias is not None:
         # Decoding step: an O(kv) additive row mask is cheaper than copying the cache.
         row = bias[:, None, None, :]  # (batch, 1, 1, kv_len)
         if guide.heads is not None:
             row = row * guide.head_selector(num_heads, row)  # (batch, heads, 1, kv_len)
+        if queries is not None:
+            row = row * queries  # (batch, 1 | heads, 1, kv_len)
         if attention_mask is not None and attention_mask.dtype == torch.bool:
             row = row.masked_fill(~attention_mask, torch.finfo(row.dtype).min)
         elif attention_mask is not None:  # an additive float mask
@@ -201,6 +232,8 @@ def guide_attention_forward(
     # v gains the influence vector (or zeros), so q'·k' = q·k + Δ/scale on biased heads.
     if bias is not None:
         sel = guide.head_selector(num_heads, query).expand(batch, num_heads, q_len, 1)
+        if queries is not None:
+            sel = sel * queries  # only the queries that get Δ: (batch, heads, q_len, 1)
         key_extra = (bias / scaling)[:, None, :, None].expand(batch, key.shape[1], kv_len, 1)
     else:
         sel = query.new_zeros(batch, num_heads, q_len, 1)

@@ -21,7 +21,7 @@ except ImportError as missing:  # the console script is installed even without t
     raise MissingDependencyError(
         "the guide command needs typer and rich: pip install 'guide-attention[cli]'"
     ) from missing
-from .options import METRICS
+from .options import DELTA_QUERIES, METRICS
 from .registry import shared_engine
 from .tags import parse_tags
 
@@ -38,6 +38,9 @@ USAGE_ERROR = 2
 
 Metric = Enum("Metric", {name: name for name in METRICS}, type=str)  # type: ignore[misc]
 """What ``guide influence`` measures: the choices are the engine's own metric names."""
+
+DeltaQueriesChoice = Enum("DeltaQueriesChoice", {name: name for name in DELTA_QUERIES}, type=str)  # type: ignore[misc]
+"""``guide generate --delta-queries``: the engine's own names."""
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -204,6 +207,12 @@ def generate(
     json_schema: str | None = typer.Option(
         None, "--json-schema", help="Constrain the output to this JSON schema (inline JSON or a file path)."
     ),
+    delta_queries: DeltaQueriesChoice = typer.Option(
+        DeltaQueriesChoice["all"],
+        "--delta-queries",
+        help="Queries that get Δ: all (the paper's GUIDE) or output (the last prompt position and new tokens).",
+    ),
+    contrast: float = typer.Option(0.0, "--contrast", help="γ of contrastive emphasis: l_Δ + γ (l_Δ − l_0); 0 = off."),
 ) -> None:
     """Generate a completion of a tagged prompt, streaming the text to stdout."""
     try:
@@ -218,6 +227,8 @@ def generate(
             "layers": parse_layer_list(layers, "--layers", allow_all=True),
             "repetition_penalty": require_finite("--repetition-penalty", repetition_penalty),
             "response_format": read_json_schema(json_schema),
+            "delta_queries": delta_queries.value,
+            "contrast": require_finite("--contrast", contrast),
         }
         engine = load_engine(model, gguf_file)
         if as_json:

@@ -157,6 +157,7 @@ def decode_steps(
     *,
     masks: TokenMasks | None = None,
     repetition_penalty: float = 1.0,
+    contrast: float = 0.0,
 ) -> Generator[torch.Tensor, None, None]:
     """Yield the next token of every row, ``(batch,)``, until ``max_new_tokens`` or all rows finish.
 
@@ -168,6 +169,10 @@ def decode_steps(
     row's own prompt and generated ids, padding excluded), then the grammar ``masks`` (one per
     row), then the sampling warpers; masking before top-k/top-p keeps an allowed token among the
     candidates.
+
+    With ``contrast`` = γ > 0 (and a Δ to contrast), every row runs twice in one batch — as it is
+    and without Δ, each with its own cache — and the step's logits are ``l_Δ + γ (l_Δ − l_0)``;
+    both copies are then fed the chosen token.
     """
     batch = input_ids.shape[0]
     finished = torch.zeros(batch, dtype=torch.bool) if finished is None else finished
@@ -177,12 +182,17 @@ def decode_steps(
     processors = logits_processors(sampling)
     penalty = RepetitionPenaltyLogitsProcessor(repetition_penalty) if repetition_penalty != 1.0 else None
     cache = DynamicCache(config=model.config)
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    kwargs = {"guide": state} if state is not None else {}
     # Padding must not count as "seen": replace it by the row's first real token (the penalty
     # looks at the set of ids, so a repeat changes nothing). Batch rows then equal single rows.
     first_real = input_ids.gather(1, attention_mask.argmax(dim=1, keepdim=True))  # (batch, 1)
-    step_ids, seen = input_ids, torch.where(attention_mask.bool(), input_ids, first_real)
+    seen = torch.where(attention_mask.bool(), input_ids, first_real)
+    twins = contrast > 0 and state is not None and state.key_bias is not None
+    if twins and state is not None:  # rows [0, batch) with Δ, rows [batch, 2·batch) without
+        state = state.with_plain_twins()
+        input_ids, attention_mask = input_ids.repeat(2, 1), attention_mask.repeat(2, 1)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    kwargs = {"guide": state} if state is not None else {}
+    step_ids = input_ids
     for _ in range(max_new_tokens):
         out = model(
             input_ids=step_ids,
@@ -193,7 +203,10 @@ def decode_steps(
             logits_to_keep=1,
             **kwargs,
         )
-        logits = out.logits[:, -1, :].float()  # (batch, vocab)
+        logits = out.logits[:, -1, :].float()  # (batch | 2·batch, vocab)
+        if twins:
+            emphasized, plain = logits[:batch], logits[batch:]
+            logits = emphasized + contrast * (emphasized - plain)  # (batch, vocab)
         if penalty is not None:
             logits = penalty(seen, logits)
         if masks is not None:
@@ -210,7 +223,7 @@ def decode_steps(
         yield next_ids
         if bool(finished.all()):
             return
-        step_ids = next_ids[:, None]
-        seen = torch.cat([seen, step_ids], dim=-1)
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=-1)
+        seen = torch.cat([seen, next_ids[:, None]], dim=-1)
+        step_ids = (next_ids.repeat(2) if twins else next_ids)[:, None]
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], dim=-1)
         position_ids = position_ids[:, -1:] + 1

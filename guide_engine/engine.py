@@ -261,7 +261,8 @@ class GuideEngine:
                 ``seed``, ``stop`` (strings), ``delta_mid``, ``delta_influence``, ``layers``,
                 ``heads``, ``metric`` (``"influence"`` or ``"attention_rollout"``),
                 ``response_format``, ``tools``, ``tool_choice``, ``repetition_penalty``, ``timeout``
-                (see ``docs/structured-output.md``).
+                (see ``docs/structured-output.md``), ``delta_queries`` (``"all"`` or ``"output"``) and
+                ``contrast`` (see ``docs/choosing-delta.md``).
 
         Raises:
             GenerationTimeoutError: past ``timeout`` seconds; its ``.partial`` is the result so far.
@@ -351,6 +352,7 @@ class GuideEngine:
             finished,
             masks=masks,
             repetition_penalty=request.repetition_penalty,
+            contrast=request.contrast,
         )
 
     def _masks(self, request: RequestOptions, rows: int) -> TokenMasks | None:

@@ -15,15 +15,19 @@ from .errors import GuideValueError, require_finite
 from .tools import ToolSpec, check_tool_choice, check_tools
 
 __all__ = [
+    "DELTA_QUERIES",
     "METRICS",
     "REQUEST_OPTIONS",
     "EngineDefaults",
     "FinishReason",
+    "DeltaQueries",
     "Layers",
     "Metric",
     "RequestOptions",
     "ResponseFormat",
     "SamplingConfig",
+    "check_contrast",
+    "check_delta_queries",
     "check_heads",
     "check_layers",
     "check_metric",
@@ -35,6 +39,10 @@ __all__ = [
 Metric = Literal["influence", "attention_rollout"]
 METRICS: tuple[str, ...] = get_args(Metric)
 """The measurements a request may ask for with ``metric=``."""
+
+DeltaQueries = Literal["all", "output"]
+DELTA_QUERIES: tuple[str, ...] = get_args(DeltaQueries)
+"""Which queries get Δ: ``"all"`` (the paper's GUIDE) or ``"output"`` (those that produce a token)."""
 
 FinishReason = Literal["stop", "length", "tool_calls", "timeout"]
 Layers = Literal["all"] | Sequence[int]
@@ -56,6 +64,8 @@ REQUEST_OPTIONS = (
     "tool_choice",
     "repetition_penalty",
     "timeout",
+    "delta_queries",
+    "contrast",
 )
 """Keyword arguments of ``GuideEngine.generate``, ``stream`` and ``generate_batch``."""
 
@@ -95,7 +105,10 @@ class RequestOptions:
     """Validated settings of one request (unset ones filled from :class:`EngineDefaults`).
 
     ``tool_choice`` is ``"auto"``, ``"none"``, ``"required"`` or the name of the one tool to call;
-    ``timeout`` is in seconds (``None``: no limit).
+    ``timeout`` is in seconds (``None``: no limit). ``delta_queries`` says which queries get Δ:
+    ``"all"`` (every query of every layer, the paper's GUIDE) or ``"output"`` (only the queries that
+    produce a token: the last prompt position and every generated one). ``contrast`` = γ > 0 picks
+    each token from ``l_Δ + γ (l_Δ − l_0)``, the emphasized and the plain logits (0 = off).
     """
 
     max_new_tokens: int
@@ -111,6 +124,8 @@ class RequestOptions:
     tool_choice: str = "none"
     repetition_penalty: float = 1.0
     timeout: float | None = None
+    delta_queries: DeltaQueries = "all"
+    contrast: float = 0.0
 
     @property
     def calls_tools(self) -> bool:
@@ -180,6 +195,21 @@ def check_heads(heads: Sequence[int] | None, num_heads: int) -> tuple[int, ...] 
         if isinstance(head, bool) or not isinstance(head, int) or not 0 <= head < num_heads:
             raise GuideValueError(f"head {head!r} is out of range: this model has query heads 0..{num_heads - 1}")
     return tuple(sorted(set(heads)))
+
+
+def check_delta_queries(delta_queries: Any) -> DeltaQueries:
+    """``delta_queries`` if it is one of :data:`DELTA_QUERIES`."""
+    if delta_queries not in DELTA_QUERIES:
+        raise GuideValueError(f"delta_queries must be one of {DELTA_QUERIES}, got {delta_queries!r}")
+    return delta_queries
+
+
+def check_contrast(contrast: Any) -> float:
+    """γ ≥ 0 of contrastive emphasis (0 = off)."""
+    number = require_finite("contrast", contrast)
+    if number < 0:
+        raise GuideValueError(f"contrast must be >= 0 (0 = off, e.g. 1 or 4), got {contrast!r}")
+    return number
 
 
 def _check_stop(stop: Any) -> tuple[str, ...]:
@@ -274,4 +304,6 @@ def request_options(defaults: EngineDefaults, **options: Any) -> RequestOptions:
             "repetition_penalty", given.get("repetition_penalty", 1.0), "1.0 = off, above 1 discourages repeats"
         ),
         timeout=None if timeout is None else _check_positive("timeout", timeout, "seconds of wall-clock time"),
+        delta_queries=check_delta_queries(given.get("delta_queries", "all")),
+        contrast=check_contrast(given.get("contrast", 0.0)),
     )

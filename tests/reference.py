@@ -80,8 +80,8 @@ def twin(model: torch.nn.Module, attn: str) -> torch.nn.Module:
 class Recorder:
     """Per-call store for the reference: the dense bias and, optionally, the attention maps."""
 
-    def __init__(self, bias: torch.Tensor | None, layers=None, heads=None, keep_maps: bool = False):
-        self.bias, self.layers, self.heads = bias, layers, heads
+    def __init__(self, bias: torch.Tensor | None, layers=None, heads=None, keep_maps: bool = False, rows_from=None):
+        self.bias, self.layers, self.heads, self.rows_from = bias, layers, heads, rows_from
         self.keep_maps = keep_maps
         self.maps: dict[int, torch.Tensor] = {}
 
@@ -103,6 +103,8 @@ def reference_attention(module, query, key, value, attention_mask, scaling=None,
         bias = torch.nn.functional.pad(reference.bias, (0, max(0, kv - reference.bias.shape[1])))[:, :kv]
         for h in heads:
             dense[:, h] = bias[:, None, :].to(scores.dtype)
+        if reference.rows_from is not None:  # only queries from this position on get Δ
+            dense[:, :, : reference.rows_from] = 0
         scores = scores + dense
     probs = torch.softmax(scores.float(), dim=-1).to(query.dtype)
     if reference is not None and reference.keep_maps:

@@ -131,6 +131,18 @@ class GuideLLM(FunctionCallingLLM):
         default="all", description="'all' or the decoder-layer indices that get the bias."
     )
     heads: list[int] | None = Field(default=None, description="Query-head indices that get the bias (None: all).")
+    delta_queries: Literal["all", "output"] = Field(
+        default="all",
+        description="Which queries get Δ: 'all' (the paper's GUIDE) or 'output' (the last prompt position and "
+        "every generated token); see the Choosing Δ page.",
+    )
+    contrast: float = Field(
+        default=0.0,
+        ge=0.0,
+        allow_inf_nan=False,
+        description="γ of contrastive emphasis: each token from l_Δ + γ (l_Δ − l_0), one extra batch row per "
+        "request (0: off).",
+    )
     max_new_tokens: int = Field(default=256, gt=0, description="Most tokens to generate per call.")
     temperature: float = Field(default=0.0, ge=0.0, allow_inf_nan=False, description="0 is greedy decoding.")
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass (with temperature > 0).")

@@ -1,0 +1,174 @@
+"""Where Δ applies (``delta_queries``) and contrastive emphasis (``contrast``), against references.
+
+The references share no code with the engine: the dense-bias eager attention of ``tests/reference.py``
+(with its ``rows_from`` for output-only queries), full recomputation at every step, and for
+``contrast`` two models — the emphasized reference and stock SDPA — combined by hand.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from guide_engine import GuideEngine, GuideValueError
+from guide_engine.attention import GuideAttentionState
+from tests.reference import REFERENCE, Recorder, twin
+
+PROMPT = "<!!-> Answer in French. <-!!> What is the capital of Italy?"
+TOL = dict(atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture
+def engine(tiny, smol_tokenizer):
+    return GuideEngine(tiny, smol_tokenizer, delta_mid=3.0)
+
+
+def _prompt(engine: GuideEngine, text: str = PROMPT) -> tuple[torch.Tensor, torch.Tensor]:
+    encoded = engine.encode(text)
+    return torch.tensor([encoded.input_ids]), torch.tensor([encoded.token_deltas])
+
+
+@torch.no_grad()
+def _reference_tokens(engine: GuideEngine, steps: int, *, rows_from=None, contrast: float = 0.0) -> list[int]:
+    """Greedy tokens by full recomputation: Δ on the prompt's keys (from ``rows_from`` on, if given)."""
+    ids, bias = _prompt(engine)
+    emphasized, plain = twin(engine.model, REFERENCE), twin(engine.model, "sdpa")
+    out: list[int] = []
+    for _ in range(steps):
+        logits = emphasized(ids, reference=Recorder(bias, rows_from=rows_from)).logits[0, -1]
+        if contrast:
+            logits = logits + contrast * (logits - plain(ids).logits[0, -1])
+        token = int(logits.argmax())
+        if token in engine.eos_ids:
+            break
+        out.append(token)
+        ids = torch.cat([ids, torch.tensor([[token]])], dim=-1)
+    return out
+
+
+# ------------------------------------------------------------------------------- delta_queries
+
+
+@torch.no_grad()
+def test_output_queries_match_the_reference_in_prefill_and_cached_decoding(tiny):
+    """Only the last prompt query and each new query get Δ; every cached step equals a full recompute."""
+    g = torch.Generator().manual_seed(1)
+    prompt = torch.randint(3, 1000, (1, 12), generator=g)
+    bias = torch.zeros(1, 12)
+    bias[0, 2:5], bias[0, 8:10] = 3.0, -2.0
+    reference_model = twin(tiny, REFERENCE)
+    state = GuideAttentionState(key_bias=bias, query_from=11)
+    cache = DynamicCache(config=tiny.config)
+    out = tiny(input_ids=prompt, cache=cache, use_cache=True, guide=state)
+    expected = reference_model(prompt, reference=Recorder(bias, rows_from=11)).logits
+    torch.testing.assert_close(out.logits, expected, **TOL)
+    every_query = reference_model(prompt, reference=Recorder(bias)).logits
+    assert not torch.allclose(out.logits[:, -1], every_query[:, -1], atol=1e-3), "output-only must differ from all"
+    torch.testing.assert_close(out.logits[:, :-1], tiny(prompt).logits[:, :-1], **TOL)  # earlier rows: plain
+    sequence = prompt
+    for step in range(8):
+        next_id = out.logits[:, -1].argmax(-1, keepdim=True)
+        sequence = torch.cat([sequence, next_id], dim=-1)
+        position = torch.tensor([[sequence.shape[1] - 1]])
+        out = tiny(input_ids=next_id, cache=cache, use_cache=True, position_ids=position, guide=state)
+        full = reference_model(sequence, reference=Recorder(bias, rows_from=11)).logits[:, -1]
+        torch.testing.assert_close(out.logits[:, -1], full, **TOL, msg=f"decoding step {step}")
+
+
+def test_engine_output_queries_equal_the_reference_loop(engine):
+    ids, _ = _prompt(engine)
+    expected = _reference_tokens(engine, 10, rows_from=ids.shape[1] - 1)
+    assert engine.generate(PROMPT, max_new_tokens=10, delta_queries="output").token_ids == expected
+
+
+def test_output_queries_in_a_padded_batch_equal_each_row_alone(engine):
+    prompts = [PROMPT, "<!-> Be brief. <-!> Name three colors of the rainbow, please, in order."]
+    batch = engine.generate_batch(prompts, max_new_tokens=8, delta_queries="output")
+    assert [r.token_ids for r in batch] == [
+        engine.generate(p, max_new_tokens=8, delta_queries="output").token_ids for p in prompts
+    ]
+
+
+# ------------------------------------------------------------------------------------ contrast
+
+
+@pytest.mark.parametrize("gamma", [1.0, 4.0])
+def test_contrast_equals_the_two_model_reference(engine, gamma):
+    expected = _reference_tokens(engine, 10, contrast=gamma)
+    result = engine.generate(PROMPT, max_new_tokens=10, contrast=gamma)
+    assert result.token_ids == expected
+    assert expected != _reference_tokens(engine, 10), "contrast must change this model's greedy tokens"
+
+
+def test_contrast_without_tags_or_at_zero_is_plain_generation(engine):
+    untagged = "Answer in French. What is the capital of Italy?"
+    assert engine.generate(untagged, max_new_tokens=8, contrast=3.0).token_ids == (
+        engine.generate(untagged, max_new_tokens=8).token_ids
+    )
+    assert engine.generate(PROMPT, max_new_tokens=8, contrast=0).token_ids == (
+        engine.generate(PROMPT, max_new_tokens=8).token_ids
+    )
+
+
+def test_contrast_batches_streams_and_combines_with_output_queries(engine):
+    prompts = [PROMPT, "Plain row. <!!!-> Count slowly. <-!!!> One, two"]
+    batch = engine.generate_batch(prompts, max_new_tokens=8, contrast=2.0)
+    alone = [engine.generate(p, max_new_tokens=8, contrast=2.0) for p in prompts]
+    assert [r.token_ids for r in batch] == [r.token_ids for r in alone]
+    stream = engine.stream(PROMPT, max_new_tokens=8, contrast=2.0)
+    assert "".join(stream) == alone[0].text
+    ids, _ = _prompt(engine)
+    both = engine.generate(PROMPT, max_new_tokens=6, contrast=2.0, delta_queries="output")
+    rows_from = ids.shape[1] - 1
+    with torch.no_grad():  # the reference for both options at once
+        emphasized, plain = twin(engine.model, REFERENCE), twin(engine.model, "sdpa")
+        bias, tokens, seq = _prompt(engine)[1], [], ids
+        for _ in range(6):
+            e = emphasized(seq, reference=Recorder(bias, rows_from=rows_from)).logits[0, -1]
+            token = int((e + 2.0 * (e - plain(seq).logits[0, -1])).argmax())
+            if token in engine.eos_ids:
+                break
+            tokens.append(token)
+            seq = torch.cat([seq, torch.tensor([[token]])], dim=-1)
+    assert both.token_ids == tokens
+
+
+def test_contrast_keeps_stop_strings_constraints_and_influence(engine):
+    result = engine.generate(PROMPT, max_new_tokens=24, contrast=2.0, response_format={"type": "json_object"})
+    assert result.text.startswith("{")  # the grammar masks the combined logits
+    if result.finish_reason != "length":
+        assert isinstance(json.loads(result.text), dict)
+    full = engine.generate(PROMPT, max_new_tokens=12, contrast=2.0)
+    stop = full.text[3:6]
+    if stop.strip():
+        cut = engine.generate(PROMPT, max_new_tokens=12, contrast=2.0, stop=[stop])
+        assert cut.finish_reason == "stop" and cut.text == full.text[: full.text.find(stop)]
+    measured = engine.generate(
+        "<?-> Answer in French. <-?> <!!-> What is the capital? <-!!>",
+        max_new_tokens=6,
+        contrast=2.0,
+        metric="influence",
+    )
+    influence = measured.influence
+    assert influence is not None and influence.generation_start == measured.prompt_tokens
+    assert len(influence.tokens) == measured.prompt_tokens + len(measured.token_ids) == influence[0].shape[0]
+
+
+# ------------------------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"contrast": -1.0}, r"contrast must be >= 0 \(0 = off, e.g. 1 or 4\), got -1.0"),
+        ({"contrast": float("nan")}, "contrast must be a finite number"),
+        ({"delta_queries": "first"}, r"delta_queries must be one of \('all', 'output'\), got 'first'"),
+    ],
+)
+def test_bad_steering_options_are_named(engine, options, message):
+    with pytest.raises(GuideValueError, match=message):
+        engine.generate(PROMPT, max_new_tokens=2, **options)
+    assert engine.generate(PROMPT, max_new_tokens=2).token_ids  # still usable
