@@ -122,18 +122,7 @@ def test_contrast_batches_streams_and_combines_with_output_queries(engine):
     assert "".join(stream) == alone[0].text
     ids, _ = _prompt(engine)
     both = engine.generate(PROMPT, max_new_tokens=6, contrast=2.0, delta_queries="output")
-    rows_from = ids.shape[1] - 1
-    with torch.no_grad():  # the reference for both options at once
-        emphasized, plain = twin(engine.model, REFERENCE), twin(engine.model, "sdpa")
-        bias, tokens, seq = _prompt(engine)[1], [], ids
-        for _ in range(6):
-            e = emphasized(seq, reference=Recorder(bias, rows_from=rows_from)).logits[0, -1]
-            token = int((e + 2.0 * (e - plain(seq).logits[0, -1])).argmax())
-            if token in engine.eos_ids:
-                break
-            tokens.append(token)
-            seq = torch.cat([seq, torch.tensor([[token]])], dim=-1)
-    assert both.token_ids == tokens
+    assert both.token_ids == _reference_tokens(engine, 6, rows_from=ids.shape[1] - 1, contrast=2.0)
 
 
 def test_contrast_keeps_stop_strings_constraints_and_influence(engine):
