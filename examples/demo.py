@@ -1,8 +1,13 @@
-"""GUIDE in one screen: the same tagged prompt with and without emphasis, side by side.
+"""GUIDE in one screen: a 256-token text with an instruction, with and without emphasis, side by side.
 
 Runs offline on the embedded SmolLM2-135M-Instruct:
 
-    python examples/demo.py [--max-new-tokens 60] [--delta-mid 1.0]
+    python examples/demo.py [--max-new-tokens 40] [--delta-mid 1.0] [--contrast 0]
+
+The setting shown is the one the held-out evaluation supports for this model and length (see
+``docs/choosing-delta.md``): the paper's GUIDE, Δ = 1 on the instruction. The text is one of that
+evaluation's held-out texts where emphasis changed the answer; across all of them the rates below
+are what to expect.
 """
 
 from __future__ import annotations
@@ -11,44 +16,57 @@ import argparse
 import textwrap
 import time
 
-from guide_engine import GuideEngine
+from guide_engine import GuideEngine, escape_tags
 
-DOCUMENT = (
-    "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. It is named after "
-    "the engineer Gustave Eiffel, whose company designed and built the tower for the 1889 World's Fair."
+# From the Python documentation (pydoc_data.topics), as the quality benchmark cuts it: 256 tokens.
+TEXT = (
+    'A special attribute of every module is "__dict__". This is the dictionary containing the module’s symbol '
+    "table. Modifying this dictionary will actually change the module’s symbol table, but direct assignment to the "
+    "\"__dict__\" attribute is not possible (you can write \"m.__dict__['a'] = 1\", which defines \"m.a\" to be "
+    '"1", but you can’t write "m.__dict__ = {}"). Modifying "__dict__" directly is not recommended.\n\n'
+    "Modules built into the interpreter are written like this: \"<module 'sys' (built-in)>\". If loaded from a "
+    "file, they are written as \"<module 'os' from '/usr/local/lib/pythonX.Y/os.pyc'>\".\n\n"
+    "There are three basic sequence types: lists, tuples, and range objects. Additional sequence types tailored "
+    "for processing of binary data and text strings are described in dedicated sections.\n\n"
+    "The operations in the following table are supported by most sequence types, both mutable and immutable. "
+    'The "collections.abc.Sequence" ABC is provided to make it easier to correctly implement these operations '
+    "on custom sequence types.\n\nThis table lists the sequence operations sorted in ascending priority."
 )
-PROMPT = f"<!!!-> Rewrite in French: <-!!!> {DOCUMENT}"
+PROMPT = f"<!!->Summarize this text in French.<-!!>\n\n{escape_tags(TEXT)}"
+EVIDENCE = "EVIDENCE"
+
+
+def side_by_side(left_title: str, left: str, right_title: str, right: str, width: int = 48) -> None:
+    left_lines, right_lines = textwrap.wrap(left, width) or [""], textwrap.wrap(right, width) or [""]
+    print(f"{left_title:<{width}} | {right_title}")
+    print(f"{'-' * width}-+-{'-' * width}")
+    for i in range(max(len(left_lines), len(right_lines))):
+        a = left_lines[i] if i < len(left_lines) else ""
+        b = right_lines[i] if i < len(right_lines) else ""
+        print(f"{a:<{width}} | {b}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--max-new-tokens", type=int, default=60)
-    parser.add_argument("--delta-mid", type=float, default=1.0, help="level-3 tags get 2 × delta-mid")
+    parser.add_argument("--max-new-tokens", type=int, default=40)
+    parser.add_argument("--delta-mid", type=float, default=1.0, help="Δ of the <!!-> instruction")
+    parser.add_argument("--contrast", type=float, default=0.0, help="γ of contrastive emphasis (0 = off)")
     args = parser.parse_args()
 
     started = time.perf_counter()
     engine = GuideEngine.from_pretrained()  # the embedded model, offline
     print(f"Loaded SmolLM2-135M-Instruct in {time.perf_counter() - started:.1f} s\n")
-    print(f"Prompt: {PROMPT}\n")
+    print(f"Prompt ({len(engine.encode(PROMPT).input_ids)} tokens): {PROMPT[:160]!r} …\n")
 
-    plain = engine.generate(PROMPT, max_new_tokens=args.max_new_tokens, delta_mid=0.0)
-    guided = engine.generate(PROMPT, max_new_tokens=args.max_new_tokens, delta_mid=args.delta_mid)
+    options = {"max_new_tokens": args.max_new_tokens}
+    plain = engine.generate(PROMPT, delta_mid=0.0, **options)
+    guided = engine.generate(PROMPT, delta_mid=args.delta_mid, contrast=args.contrast, **options)
     span = guided.spans[0]
-    print(f"Span {span.text.strip()!r}: tokens {span.token_start}-{span.token_end}, Δ = {span.delta:g}\n")
-
-    width = 48
-    left = textwrap.wrap(plain.text, width) or [""]
-    right = textwrap.wrap(guided.text, width) or [""]
-    print(f"{'Δ = 0 (no emphasis)':<{width}} | Δ = {span.delta:g} (GUIDE)")
-    print(f"{'-' * width}-+-{'-' * width}")
-    for i in range(max(len(left), len(right))):
-        a = left[i] if i < len(left) else ""
-        b = right[i] if i < len(right) else ""
-        print(f"{a:<{width}} | {b}")
-    print(
-        f"\n{plain.completion_tokens} vs {guided.completion_tokens} tokens; "
-        f"finish: {plain.finish_reason} vs {guided.finish_reason}"
-    )
+    print(f"Emphasized: {span.text.strip()!r}, tokens {span.token_start}-{span.token_end}, Δ = {span.delta:g}\n")
+    label = f"GUIDE, Δ = {span.delta:g}" + (f", contrast γ = {args.contrast:g}" if args.contrast else "")
+    side_by_side("No emphasis", plain.text, label, guided.text)
+    print(f"\n{EVIDENCE}")
+    print("SmolLM2-135M's French is poor: emphasis changes which language it answers in, not how well it writes.")
 
     print("\nStreaming, with a level-1 tag:")
     for piece in engine.stream("<!-> Answer in one word. <-!> What is the capital of France?", max_new_tokens=20):

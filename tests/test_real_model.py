@@ -85,3 +85,33 @@ def test_pay_attention_pipeline_returns_influence(real_engine):
     assert out["influence"].delta_influence == 1.0
     assert sorted(out["influence"]) == list(range(-1, 30))
     torch.testing.assert_close(out["influence"][29], expected[29])
+
+
+def test_the_demo_runs_and_its_claim_holds(real_engine):
+    """examples/demo.py (set-up command 1) runs, and on its text Δ = 1 turns an English answer into French."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from benchmarks.quality.metrics import is_french
+
+    demo = Path(__file__).resolve().parents[1] / "examples" / "demo.py"
+    spec = importlib.util.spec_from_file_location("guide_demo", demo)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    plain = real_engine.generate(module.PROMPT, max_new_tokens=40, delta_mid=0.0)
+    guided = real_engine.generate(module.PROMPT, max_new_tokens=40, delta_mid=1.0)
+    assert not is_french(plain.text), plain.text
+    assert is_french(guided.text), guided.text
+    run = subprocess.run(
+        [sys.executable, str(demo), "--max-new-tokens", "4"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "No emphasis" in run.stdout and "GUIDE, Δ = 1" in run.stdout

@@ -156,6 +156,45 @@ def report(records: list[dict[str, Any]], args: argparse.Namespace) -> tuple[str
     return "\n".join(lines), data
 
 
+def plot(records: list[dict[str, Any]], args: argparse.Namespace, path: str) -> None:
+    """French rate (test half) per condition, one panel per cell, with 95 % Wilson intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(conditions(args.output_deltas, args.gammas))
+    cells = [(length, position) for length in args.lengths for position in args.positions]
+    figure, axes = plt.subplots(1, len(cells), figsize=(3.4 * len(cells), 3.6), sharey=True, squeeze=False)
+    for axis, (length, position) in zip(axes[0], cells):
+        shown = []
+        for index, label in enumerate(labels):
+            flags = [
+                r["french"]
+                for r in records
+                if (r["length"], r["position"], r["condition"], r["half"]) == (length, position, label, "test")
+            ]
+            if not flags:
+                continue
+            french = rate(flags)
+            low, high = french.interval
+            axis.bar(index, french.value, color="#4c72b0" if label in FIXED else "#dd8452")
+            axis.errorbar(
+                index,
+                french.value,
+                yerr=[[max(0.0, french.value - low)], [max(0.0, high - french.value)]],
+                color="black",
+            )
+            shown.append(index)
+        axis.set_xticks(shown, [labels[i] for i in shown], rotation=60, ha="right", fontsize=8)
+        axis.set_title(f"{length} tokens, instruction {position}", fontsize=9)
+        axis.set_ylim(0, 1)
+    axes[0][0].set_ylabel("French answers (held-out half)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[256, 1024])
@@ -184,6 +223,7 @@ def main() -> None:
     markdown, data = report(sink.records, args)
     with open(os.path.join(args.out, "report.md"), "w", encoding="utf-8") as handle:
         handle.write(markdown + "\n")
+    plot(sink.records, args, os.path.join(args.out, "french_rate.png"))
     with open(os.path.join(args.out, "summary.json"), "w", encoding="utf-8") as handle:
         json.dump({"args": vars(args), "cells": data}, handle, indent=2, ensure_ascii=False)
     print(markdown)
