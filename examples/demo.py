@@ -22,7 +22,7 @@ from guide_engine import GuideEngine, escape_tags
 TEXT = (
     'A special attribute of every module is "__dict__". This is the dictionary containing the module’s symbol '
     "table. Modifying this dictionary will actually change the module’s symbol table, but direct assignment to the "
-    "\"__dict__\" attribute is not possible (you can write \"m.__dict__['a'] = 1\", which defines \"m.a\" to be "
+    '"__dict__" attribute is not possible (you can write "m.__dict__[\'a\'] = 1", which defines "m.a" to be '
     '"1", but you can’t write "m.__dict__ = {}"). Modifying "__dict__" directly is not recommended.\n\n'
     "Modules built into the interpreter are written like this: \"<module 'sys' (built-in)>\". If loaded from a "
     "file, they are written as \"<module 'os' from '/usr/local/lib/pythonX.Y/os.pyc'>\".\n\n"
