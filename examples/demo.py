@@ -33,7 +33,12 @@ TEXT = (
     "on custom sequence types.\n\nThis table lists the sequence operations sorted in ascending priority."
 )
 PROMPT = f"<!!->Summarize this text in French.<-!!>\n\n{escape_tags(TEXT)}"
-EVIDENCE = "EVIDENCE"
+EVIDENCE = (
+    "This text was picked from the held-out half of the evaluation because emphasis changed the answer. Over all\n"
+    "12 held-out texts of 256 tokens with the instruction first: French in 8/12 answers without emphasis and in\n"
+    "11/12 at Δ = 1 (3 wins, 0 losses; exact McNemar p = 0.25: a lead, not proof). At 1024 tokens, and with the\n"
+    "instruction after the text, Δ = 1 did not help: see docs/choosing-delta.md."
+)
 
 
 def side_by_side(left_title: str, left: str, right_title: str, right: str, width: int = 48) -> None:
