@@ -36,8 +36,8 @@ PROMPT = f"<!!->Summarize this text in French.<-!!>\n\n{escape_tags(TEXT)}"
 EVIDENCE = (
     "This text was picked from the held-out half of the evaluation because emphasis changed the answer. Over all\n"
     "12 held-out texts of 256 tokens with the instruction first: French in 8/12 answers without emphasis and in\n"
-    "11/12 at Δ = 1 (3 wins, 0 losses; exact McNemar p = 0.25: a lead, not proof). At 1024 tokens, and with the\n"
-    "instruction after the text, Δ = 1 did not help: see docs/choosing-delta.md."
+    "11/12 at Δ = 1 (3 wins, 0 losses; exact McNemar p = 0.25: a lead, not proof). Before a 1024-token text,\n"
+    "Δ = 1 alone gave 0/12 and Δ = 1 with contrast=4 gave 8/12: see docs/choosing-delta.md."
 )
 
 
