@@ -68,6 +68,16 @@ def parse_layer_list(text: str | None, option: str, *, allow_all: bool = False) 
     return layers
 
 
+def parse_contrast(text: str) -> float | str:
+    """``"auto"`` stays a word, anything else must be a number (the engine checks its range)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise GuideValueError(f"--contrast must be a number >= 0 or 'auto', got {text!r}") from None
+
+
 def read_prompt(prompt: str | None) -> str:
     """The PROMPT argument, or stdin when it is ``-`` or omitted and stdin is not a terminal."""
     if prompt is not None and prompt != "-":
@@ -212,7 +222,9 @@ def generate(
         "--delta-queries",
         help="Queries that get Δ: all (the paper's GUIDE) or output (the last prompt position and new tokens).",
     ),
-    contrast: float = typer.Option(0.0, "--contrast", help="γ of contrastive emphasis: l_Δ + γ (l_Δ − l_0); 0 = off."),
+    contrast: str = typer.Option(
+        "0", "--contrast", help="γ of contrastive emphasis: l_Δ + γ (l_Δ − l_0); 0 = off; auto = 4 for far emphasis."
+    ),
 ) -> None:
     """Generate a completion of a tagged prompt, streaming the text to stdout."""
     try:
@@ -228,7 +240,7 @@ def generate(
             "repetition_penalty": require_finite("--repetition-penalty", repetition_penalty),
             "response_format": read_json_schema(json_schema),
             "delta_queries": delta_queries.value,
-            "contrast": require_finite("--contrast", contrast),
+            "contrast": parse_contrast(contrast),
         }
         engine = load_engine(model, gguf_file)
         if as_json:

@@ -8,7 +8,7 @@ request without tags computes exactly what ``generate`` computes.
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from typing import Any
 
 import torch
@@ -21,11 +21,35 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
+from .alignment import EncodedPrompt
 from .attention import GuideAttentionState
 from .constraints import TokenMasks
-from .options import FinishReason, SamplingConfig
+from .options import AUTO_CONTRAST, AUTO_CONTRAST_DISTANCE, Contrast, FinishReason, SamplingConfig
 
-__all__ = ["IncrementalDetokenizer", "RowDecoder", "decode_steps", "left_pad", "logits_processors"]
+__all__ = [
+    "IncrementalDetokenizer",
+    "RowDecoder",
+    "contrast_of",
+    "decode_steps",
+    "emphasis_distance",
+    "left_pad",
+    "logits_processors",
+]
+
+
+def emphasis_distance(encoded: EncodedPrompt) -> int | None:
+    """Tokens after the prompt's last emphasized token (Δ ≠ 0); ``None`` without emphasis."""
+    last = max((i for i, delta in enumerate(encoded.token_deltas) if delta != 0.0), default=None)
+    return None if last is None else len(encoded.input_ids) - 1 - last
+
+
+def contrast_of(encoded: EncodedPrompt, contrast: Contrast) -> float:
+    """γ of one prompt: ``contrast`` itself, or for ``"auto"`` :data:`AUTO_CONTRAST` when the
+    emphasis ends at least :data:`AUTO_CONTRAST_DISTANCE` tokens before the prompt does, else 0."""
+    if contrast != "auto":
+        return contrast
+    distance = emphasis_distance(encoded)
+    return AUTO_CONTRAST if distance is not None and distance >= AUTO_CONTRAST_DISTANCE else 0.0
 
 
 def logits_processors(sampling: SamplingConfig) -> LogitsProcessorList:
@@ -157,7 +181,7 @@ def decode_steps(
     *,
     masks: TokenMasks | None = None,
     repetition_penalty: float = 1.0,
-    contrast: float = 0.0,
+    contrast: float | Sequence[float] = 0.0,
 ) -> Generator[torch.Tensor, None, None]:
     """Yield the next token of every row, ``(batch,)``, until ``max_new_tokens`` or all rows finish.
 
@@ -172,7 +196,8 @@ def decode_steps(
 
     With ``contrast`` = γ > 0 (and a Δ to contrast), every row runs twice in one batch — as it is
     and without Δ, each with its own cache — and the step's logits are ``l_Δ + γ (l_Δ − l_0)``;
-    both copies are then fed the chosen token.
+    both copies are then fed the chosen token. A sequence gives each row its own γ (the twins run
+    when any is > 0; a row with γ = 0 gets exactly ``l_Δ``).
     """
     batch = input_ids.shape[0]
     finished = torch.zeros(batch, dtype=torch.bool) if finished is None else finished
@@ -186,7 +211,11 @@ def decode_steps(
     # looks at the set of ids, so a repeat changes nothing). Batch rows then equal single rows.
     first_real = input_ids.gather(1, attention_mask.argmax(dim=1, keepdim=True))  # (batch, 1)
     seen = torch.where(attention_mask.bool(), input_ids, first_real)
-    twins = contrast > 0 and state is not None and state.key_bias is not None
+    gamma = torch.tensor(
+        [float(contrast)] * batch if isinstance(contrast, (int, float)) else [float(g) for g in contrast],
+        device=input_ids.device,
+    )[:, None]  # (batch, 1)
+    twins = bool((gamma > 0).any()) and state is not None and state.key_bias is not None
     if twins and state is not None:  # rows [0, batch) with Δ, rows [batch, 2·batch) without
         state = state.with_plain_twins()
         input_ids, attention_mask = input_ids.repeat(2, 1), attention_mask.repeat(2, 1)
@@ -206,7 +235,7 @@ def decode_steps(
         logits = out.logits[:, -1, :].float()  # (batch | 2·batch, vocab)
         if twins:
             emphasized, plain = logits[:batch], logits[batch:]
-            logits = emphasized + contrast * (emphasized - plain)  # (batch, vocab)
+            logits = emphasized + gamma * (emphasized - plain)  # (batch, vocab)
         if penalty is not None:
             logits = penalty(seen, logits)
         if masks is not None:

@@ -14,7 +14,7 @@ import torch
 from .alignment import AppliedSpan, EncodedPrompt, Prompt, encode_prompt
 from .attention import ATTENTION_NAME, build_state
 from .constraints import GrammarCompiler, TokenMasks, request_grammar
-from .decoding import RowDecoder, decode_steps, left_pad
+from .decoding import RowDecoder, contrast_of, decode_steps, left_pad
 from .errors import (
     ContextLengthError,
     GenerationTimeoutError,
@@ -352,7 +352,7 @@ class GuideEngine:
             finished,
             masks=masks,
             repetition_penalty=request.repetition_penalty,
-            contrast=request.contrast,
+            contrast=[contrast_of(e, request.contrast) for e in encoded],
         )
 
     def _masks(self, request: RequestOptions, rows: int) -> TokenMasks | None:

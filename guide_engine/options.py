@@ -15,9 +15,12 @@ from .errors import GuideValueError, require_finite
 from .tools import ToolSpec, check_tool_choice, check_tools
 
 __all__ = [
+    "AUTO_CONTRAST",
+    "AUTO_CONTRAST_DISTANCE",
     "DELTA_QUERIES",
     "METRICS",
     "REQUEST_OPTIONS",
+    "Contrast",
     "EngineDefaults",
     "FinishReason",
     "DeltaQueries",
@@ -42,6 +45,16 @@ METRICS: tuple[str, ...] = get_args(Metric)
 
 DeltaQueries = Literal["all", "output"]
 DELTA_QUERIES: tuple[str, ...] = get_args(DeltaQueries)
+Contrast = float | Literal["auto"]
+
+AUTO_CONTRAST = 4.0
+"""γ that ``contrast="auto"`` uses for a prompt whose emphasis lies far from its end."""
+AUTO_CONTRAST_DISTANCE = 512
+"""Tokens between the last emphasized token and the prompt's end from which ``"auto"`` contrasts.
+
+Chosen on the tuning half of the steering evaluation (docs/choosing-delta.md): contrast helped an
+instruction 1024 tokens before the end, was even at 256 and hurt an instruction at the end.
+"""
 """Which queries get Δ: ``"all"`` (the paper's GUIDE) or ``"output"`` (those that produce a token)."""
 
 FinishReason = Literal["stop", "length", "tool_calls", "timeout"]
@@ -108,7 +121,9 @@ class RequestOptions:
     ``timeout`` is in seconds (``None``: no limit). ``delta_queries`` says which queries get Δ:
     ``"all"`` (every query of every layer, the paper's GUIDE) or ``"output"`` (only the queries that
     produce a token: the last prompt position and every generated one). ``contrast`` = γ > 0 picks
-    each token from ``l_Δ + γ (l_Δ − l_0)``, the emphasized and the plain logits (0 = off).
+    each token from ``l_Δ + γ (l_Δ − l_0)``, the emphasized and the plain logits (0 = off);
+    ``"auto"`` uses γ = :data:`AUTO_CONTRAST` for the prompts whose last emphasized token lies at
+    least :data:`AUTO_CONTRAST_DISTANCE` tokens before their end, and 0 for the others.
     """
 
     max_new_tokens: int
@@ -125,7 +140,7 @@ class RequestOptions:
     repetition_penalty: float = 1.0
     timeout: float | None = None
     delta_queries: DeltaQueries = "all"
-    contrast: float = 0.0
+    contrast: Contrast = 0.0
 
     @property
     def calls_tools(self) -> bool:
@@ -204,11 +219,15 @@ def check_delta_queries(delta_queries: Any) -> DeltaQueries:
     return delta_queries
 
 
-def check_contrast(contrast: Any) -> float:
-    """γ ≥ 0 of contrastive emphasis (0 = off)."""
+def check_contrast(contrast: Any) -> Contrast:
+    """γ ≥ 0 of contrastive emphasis (0 = off), or ``"auto"`` (γ chosen per prompt, see :data:`AUTO_CONTRAST`)."""
+    if contrast == "auto":
+        return "auto"
+    if isinstance(contrast, str):
+        raise GuideValueError(f"contrast must be a number >= 0 or 'auto', got {contrast!r}")
     number = require_finite("contrast", contrast)
     if number < 0:
-        raise GuideValueError(f"contrast must be >= 0 (0 = off, e.g. 1 or 4), got {contrast!r}")
+        raise GuideValueError(f"contrast must be >= 0 (0 = off, e.g. 1 or 4) or 'auto', got {contrast!r}")
     return number
 
 

@@ -93,6 +93,7 @@ def test_other_bad_input_is_one_line_exit_2() -> None:
             "--layers-to-plot",
             ",",
         ): "error: --layers-to-plot must be comma-separated layer indices such as 0,1,2; got ','",
+        ("generate", PROMPT, "--contrast", "often"): "error: --contrast must be a number >= 0 or 'auto', got 'often'",
     }
     for args, message in cases.items():
         result = invoke(*args)
@@ -134,6 +135,17 @@ def test_generate_from_argument_and_stdin_equals_engine_greedy(engine) -> None:
     assert (from_stdin.exit_code, from_stdin.stdout) == (0, printed(expected))
     from_dash = invoke("generate", "-", *options, input=PROMPT)
     assert (from_dash.exit_code, from_dash.stdout) == (0, printed(expected))
+
+
+@pytest.mark.real_model
+def test_generate_steering_options_equal_engine(engine) -> None:
+    options = {"max_new_tokens": 6, "contrast": 4.0, "delta_queries": "output"}
+    expected = engine.generate(PROMPT, **options).text
+    assert expected != engine.generate(PROMPT, max_new_tokens=6).text, "the options must matter on this prompt"
+    result = invoke("generate", PROMPT, "--max-new-tokens", "6", "--contrast", "4", "--delta-queries", "output")
+    assert (result.exit_code, result.stdout) == (0, printed(expected)), result.stderr
+    auto = invoke("generate", PROMPT, "--max-new-tokens", "6", "--contrast", "auto")  # short prompt: γ = 0
+    assert (auto.exit_code, auto.stdout) == (0, printed(engine.generate(PROMPT, max_new_tokens=6).text))
 
 
 @pytest.mark.real_model

@@ -159,6 +159,14 @@ def test_fields_are_validated_and_misspellings_fail(llm):
         GuideLLM(engine=llm.engine, delta_mid=float("inf"))
     with pytest.raises(ValidationError, match="metric"):
         GuideLLM(engine=llm.engine, metric="saliency")
+    for contrast in (-1.0, "sometimes"):
+        with pytest.raises(ValidationError, match="contrast"):
+            GuideLLM(engine=llm.engine, contrast=contrast)
+    steered = GuideLLM(engine=llm.engine, contrast="auto", delta_queries="output")
+    assert {k: v for k, v in steered._options(PROMPT, {}).items() if k in ("contrast", "delta_queries")} == {
+        "contrast": "auto",
+        "delta_queries": "output",
+    }
     with pytest.raises(GuideError, match="gguf_file"):
         GuideLLM(engine=llm.engine, gguf_file="x.gguf")
 

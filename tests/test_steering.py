@@ -13,8 +13,10 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from guide_engine import GuideEngine, GuideValueError
+from guide_engine import GuideEngine, GuideValueError, decoding
 from guide_engine.attention import GuideAttentionState
+from guide_engine.decoding import contrast_of, emphasis_distance
+from guide_engine.options import AUTO_CONTRAST
 from tests.reference import REFERENCE, Recorder, twin
 
 PROMPT = "<!!-> Answer in French. <-!!> What is the capital of Italy?"
@@ -146,13 +148,47 @@ def test_contrast_keeps_stop_strings_constraints_and_influence(engine):
     assert len(influence.tokens) == measured.prompt_tokens + len(measured.token_ids) == influence[0].shape[0]
 
 
+# ------------------------------------------------------------------------------- contrast="auto"
+
+FILLER = " ".join(f"Line {i} of a report about harbours, ships and cargo." for i in range(8))
+FAR = f"<!!-> Answer in French. <-!!> {FILLER} What is the capital of Italy?"
+NEAR = f"{FILLER} <!!-> Answer in French. <-!!> What is the capital of Italy?"
+
+
+@pytest.fixture
+def short_auto_distance(monkeypatch):
+    """The tiny models' context is 512 tokens: "far" starts at 64 tokens here (the rule is the same)."""
+    monkeypatch.setattr(decoding, "AUTO_CONTRAST_DISTANCE", 64)
+
+
+def test_emphasis_distance_counts_the_tokens_after_the_last_emphasized_one(engine, short_auto_distance):
+    near, far = engine.encode(NEAR), engine.encode(FAR)
+    assert emphasis_distance(far) >= 64 > emphasis_distance(near) > 0
+    last = max(i for i, d in enumerate(near.token_deltas) if d)
+    assert emphasis_distance(near) == len(near.input_ids) - 1 - last
+    assert emphasis_distance(engine.encode("No tags here.")) is None
+    assert emphasis_distance(engine.encode(FAR, delta_mid=0.0)) is None  # Δ = 0 is no emphasis
+    assert [contrast_of(e, "auto") for e in (far, near)] == [AUTO_CONTRAST, 0.0]
+    assert contrast_of(near, 2.5) == 2.5
+
+
+def test_auto_contrast_contrasts_exactly_the_rows_with_far_emphasis(engine, short_auto_distance):
+    batch = engine.generate_batch([FAR, NEAR], max_new_tokens=8, contrast="auto")
+    far_contrasted = engine.generate(FAR, max_new_tokens=8, contrast=AUTO_CONTRAST)
+    assert far_contrasted.token_ids != engine.generate(FAR, max_new_tokens=8).token_ids, "γ must matter here"
+    assert batch[0].token_ids == far_contrasted.token_ids
+    assert batch[1].token_ids == engine.generate(NEAR, max_new_tokens=8).token_ids
+    assert "".join(engine.stream(FAR, max_new_tokens=8, contrast="auto")) == far_contrasted.text
+
+
 # ------------------------------------------------------------------------------------ bad input
 
 
 @pytest.mark.parametrize(
     "options,message",
     [
-        ({"contrast": -1.0}, r"contrast must be >= 0 \(0 = off, e.g. 1 or 4\), got -1.0"),
+        ({"contrast": -1.0}, r"contrast must be >= 0 \(0 = off, e.g. 1 or 4\) or 'auto', got -1.0"),
+        ({"contrast": "sometimes"}, r"contrast must be a number >= 0 or 'auto', got 'sometimes'"),
         ({"contrast": float("nan")}, "contrast must be a finite number"),
         ({"delta_queries": "first"}, r"delta_queries must be one of \('all', 'output'\), got 'first'"),
     ],

@@ -6,7 +6,7 @@ import asyncio
 import warnings
 from collections.abc import AsyncGenerator, Callable, Generator, Sequence
 from contextlib import aclosing, closing
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from uuid import uuid4
 
 from llama_index.core.base.llms.types import (
@@ -136,12 +136,10 @@ class GuideLLM(FunctionCallingLLM):
         description="Which queries get Δ: 'all' (the paper's GUIDE) or 'output' (the last prompt position and "
         "every generated token); see the Choosing Δ page.",
     )
-    contrast: float = Field(
+    contrast: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] | Literal["auto"] = Field(
         default=0.0,
-        ge=0.0,
-        allow_inf_nan=False,
         description="γ of contrastive emphasis: each token from l_Δ + γ (l_Δ − l_0), one extra batch row per "
-        "request (0: off).",
+        "request (0: off); 'auto': γ = 4 only where the emphasis ends far before the prompt's end.",
     )
     max_new_tokens: int = Field(default=256, gt=0, description="Most tokens to generate per call.")
     temperature: float = Field(default=0.0, ge=0.0, allow_inf_nan=False, description="0 is greedy decoding.")
