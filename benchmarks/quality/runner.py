@@ -47,6 +47,12 @@ class Sink:
             open(path, "w").close()
         self.done = {record["key"] for record in self.records}
 
+    def rewrite(self) -> None:
+        """Write every record again (after records were changed in place)."""
+        with open(self.path, "w", encoding="utf-8") as handle:
+            for record in self.records:
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+
     def add(self, records: Sequence[dict[str, Any]]) -> None:
         with open(self.path, "a", encoding="utf-8") as handle:
             for record in records:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformers import DynamicCache
 
 from guide_engine.attention import build_state
 from guide_engine.errors import GuideValueError
@@ -83,3 +84,38 @@ def measure(
         k=k,
         prompt_tokens=n,
     )
+
+
+@torch.inference_mode()
+def opening_logits(engine: Any, prompt: str, delta: float, openings: list[list[int]]) -> list[torch.Tensor]:
+    """Teacher-forced logits of each opening after ``prompt`` with emphasis Δ = ``delta``.
+
+    The prompt is run once (its cache kept) and each opening continues from it, so a prompt of
+    thousands of tokens costs one forward pass for any number of short openings. Returns, per
+    opening of ``m`` tokens, the ``(m, vocab)`` float logits that predict its tokens.
+    """
+    encoded = engine.encode(prompt, delta_mid=delta)
+    options = engine.request_options(delta_mid=delta)
+    n = len(encoded.input_ids)
+    device = engine.model.device
+    state = build_state([encoded], options, n, device)
+    kwargs = {"guide": state} if state is not None else {}
+    cache = DynamicCache(config=engine.model.config)
+    ids = torch.tensor([encoded.input_ids], device=device)
+    first = engine.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1, **kwargs).logits[0, -1:]
+    out = []
+    for opening in openings:
+        rest = torch.tensor([opening[:-1]], device=device)
+        if rest.shape[1]:
+            later = engine.model(input_ids=rest, cache=cache, use_cache=True, **kwargs).logits[0]
+            cache.crop(-(rest.shape[1]))  # back to the prompt alone
+            out.append(torch.cat([first, later]).float())
+        else:
+            out.append(first.float())
+    return out
+
+
+def opening_logprob(logits: torch.Tensor, opening: list[int]) -> float:
+    """Sum of log P(opening token) under teacher-forced ``(m, vocab)`` logits."""
+    logprobs = torch.log_softmax(logits, dim=-1)
+    return float(logprobs.gather(1, torch.tensor(opening, device=logits.device)[:, None]).sum())

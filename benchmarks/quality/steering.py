@@ -1,20 +1,29 @@
-"""Where Δ applies and contrastive emphasis, against the best fixed Δ, on held-out texts (issue 13).
+"""Where Δ applies, contrast and ``contrast="auto"`` against the best fixed Δ, on held-out texts (issue 13).
 
-    python -m benchmarks.quality.steering --out benchmarks/results/steering [--lengths 256 1024]
+    python -m benchmarks.quality.steering --out benchmarks/results/steering [--task french|needle]
+        [--lengths 256 1024] [--positions before after] [--teacher-forced] [--auto-run] [--fresh]
 
-The "summarize in French" task of :mod:`.french` (same texts, same scoring: langdetect for French,
-the repeated-3-gram test for degenerate output), greedy, ``--tokens`` new tokens, one batch per
-(length, position, condition). Conditions:
+Two tasks, greedy, one batch per (length, position, condition):
 
-* ``raw``: no emphasis; ``guide Δ=1``, ``guide Δ=2``: the paper's GUIDE (every query) — the
-  *fixed Δ* baselines;
-* ``output Δ=…``: ``delta_queries="output"`` (only the queries that produce a token);
-* ``contrast Δ=1 γ=…``: ``contrast=γ`` on the paper's GUIDE at Δ = 1.
+* ``french``: "Summarize this text in French." over the English texts of :mod:`.french`; success
+  is French by langdetect, ``--tokens`` (40) new tokens;
+* ``needle``: the needle of :mod:`.needle` ("The secret code of the blue door is NNNN.") at depth
+  0.1, 0.5 or 0.9 (by sample), the emphasis on the *question* (what a user can emphasize); success
+  is the code in the answer, 20 new tokens.
+
+Conditions: ``raw`` (no emphasis); ``guide Δ=1``, ``guide Δ=2`` (the paper's GUIDE, every query)
+— the *fixed Δ* baselines; ``output Δ=…`` (``delta_queries="output"``); ``contrast Δ=1 γ=…``
+(``contrast=γ`` on GUIDE at Δ = 1); and ``auto``: ``contrast="auto"`` at Δ = 1, which is GUIDE
+Δ = 1 with γ = 4 where the emphasis ends ≥ 512 tokens before the prompt's end and γ = 0 elsewhere.
+Since that choice is a function of the prompt alone, the ``auto`` row is the record of the setting
+it chooses; ``--auto-run`` also runs it for real and the report counts the identical answers.
 
 Samples with even index are the **tune** half, odd the **test** half. On the tune half the best
-fixed condition of each cell (length × position) is chosen by French rate (ties: fewer degenerate
-answers, then smaller Δ); on the test half every candidate is compared with it: French and
-degenerate rates with Wilson intervals, and an exact McNemar test on the paired French outcomes.
+fixed condition of each cell (task × length × position) is chosen by success rate (ties: fewer
+degenerate answers, then smaller Δ); on the test half every candidate is compared with it: success
+and degenerate rates with Wilson intervals, and an exact McNemar test on the paired outcomes.
+``--teacher-forced`` adds the French task's cheap score, log P("Voici un résumé") − log P("Here is
+a summary") under each condition's logits (contrast: the combined logits), compared pair by pair.
 """
 
 from __future__ import annotations
@@ -30,187 +39,176 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from .data import Condition, build_context, french_prompt  # noqa: E402
+from .data import Condition, build_context, french_prompt, needle_code, needle_prompt  # noqa: E402
 from .french import FRENCH_SALT  # noqa: E402
-from .metrics import is_degenerate, is_french  # noqa: E402
+from .metrics import contains_code, is_degenerate, is_french  # noqa: E402
+from .needle import NEEDLE_SALT  # noqa: E402
 from .runner import Progress, Sink, chunks, token_counter  # noqa: E402
-from .stats import mcnemar_exact, rate  # noqa: E402
+from .steering_report import AUTO, plot, report  # noqa: E402
 
-FIXED = ("raw", "guide Δ=1", "guide Δ=2")
+NEEDLE_DEPTHS = (0.1, 0.5, 0.9)
+NEW_TOKENS = {"french": 40, "needle": 20}
 
 
-def conditions(output_deltas: Sequence[float], gammas: Sequence[float]) -> dict[str, tuple[Condition, dict[str, Any]]]:
-    """Label → (how the instruction is written, the engine options)."""
+def conditions(task: str, output_deltas: Sequence[float], gammas: Sequence[float]) -> dict[str, tuple[Condition, dict]]:
+    """Label → (how the instruction or question is written, the engine options)."""
+    target = "instruction" if task == "french" else "question"
+
+    def guide(delta: float) -> Condition:
+        return Condition("guide", delta, target)
+
     table: dict[str, tuple[Condition, dict[str, Any]]] = {
         "raw": (Condition("raw"), {}),
-        "guide Δ=1": (Condition("guide", 1.0), {"delta_mid": 1.0}),
-        "guide Δ=2": (Condition("guide", 2.0), {"delta_mid": 2.0}),
+        "guide Δ=1": (guide(1.0), {"delta_mid": 1.0}),
+        "guide Δ=2": (guide(2.0), {"delta_mid": 2.0}),
     }
     for delta in output_deltas:
-        table[f"output Δ={delta:g}"] = (Condition("guide", delta), {"delta_mid": delta, "delta_queries": "output"})
+        table[f"output Δ={delta:g}"] = (guide(delta), {"delta_mid": delta, "delta_queries": "output"})
     for gamma in gammas:
-        table[f"contrast Δ=1 γ={gamma:g}"] = (Condition("guide", 1.0), {"delta_mid": 1.0, "contrast": gamma})
+        table[f"contrast Δ=1 γ={gamma:g}"] = (guide(1.0), {"delta_mid": 1.0, "contrast": gamma})
     return table
 
 
+def contexts(task: str, length: int, n: int, count: Any) -> list[str]:
+    salt = FRENCH_SALT if task == "french" else NEEDLE_SALT
+    return [build_context(length, s, count, salt=salt) for s in range(n)]
+
+
+def prompt_for(task: str, context: str, condition: Condition, position: str, sample: int, length: int) -> str:
+    if task == "french":
+        return french_prompt(context, condition, position)
+    depth = NEEDLE_DEPTHS[sample % len(NEEDLE_DEPTHS)]
+    return needle_prompt(context, needle_code(sample, depth, length), depth, condition, position)
+
+
+def succeeded(task: str, text: str, sample: int, length: int) -> bool:
+    if task == "french":
+        return is_french(text)
+    depth = NEEDLE_DEPTHS[sample % len(NEEDLE_DEPTHS)]
+    return contains_code(text, needle_code(sample, depth, length))
+
+
+def key(task: str, length: int, position: str, label: str, sample: int) -> str:
+    """The French keys keep the first run's form, so ``--resume`` reuses its records."""
+    prefix = "" if task == "french" else f"{task}|"
+    return f"{prefix}{length}|{position}|{label}|{sample}"
+
+
 def run(engine: Any, sink: Sink, args: argparse.Namespace) -> None:
-    table = conditions(args.output_deltas, args.gammas)
+    from guide_engine.decoding import emphasis_distance
+
+    table = conditions(args.task, args.output_deltas, args.gammas)
+    if args.auto_run:
+        table[f"{AUTO} (run)"] = (table["guide Δ=1"][0], {"delta_mid": 1.0, "contrast": "auto"})
     count = token_counter(engine)
     total = len(args.lengths) * args.contexts * len(args.positions) * len(table)
-    progress = Progress(total, "steering")
+    progress = Progress(total, f"steering[{args.task}]")
     for length in args.lengths:
-        contexts = [build_context(length, s, count, salt=FRENCH_SALT) for s in range(args.contexts)]
+        texts = contexts(args.task, length, args.contexts, count)
         for position in args.positions:
             for label, (condition, options) in table.items():
-                todo = [s for s in range(args.contexts) if _key(length, position, label, s) not in sink.done]
+                todo = [s for s in range(args.contexts) if key(args.task, length, position, label, s) not in sink.done]
                 progress.step(args.contexts - len(todo), "(resumed)") if len(todo) < args.contexts else None
                 for batch in chunks(todo, args.batch_size):
-                    prompts = [french_prompt(contexts[s], condition, position) for s in batch]
-                    results = engine.generate_batch(prompts, max_new_tokens=args.tokens, **options)
+                    prompts = [prompt_for(args.task, texts[s], condition, position, s, length) for s in batch]
+                    results = engine.generate_batch(prompts, max_new_tokens=NEW_TOKENS[args.task], **options)
                     sink.add(
                         [
                             {
-                                "key": _key(length, position, label, s),
+                                "key": key(args.task, length, position, label, s),
+                                "task": args.task,
                                 "length": length,
                                 "position": position,
                                 "condition": label,
                                 "sample": s,
                                 "half": "tune" if s % 2 == 0 else "test",
                                 "prompt_tokens": result.prompt_tokens,
+                                "distance": emphasis_distance(engine.encode(prompt, delta_mid=1.0)),
                                 "text": result.text,
-                                "french": is_french(result.text),
+                                "success": succeeded(args.task, result.text, s, length),
                                 "degenerate": is_degenerate(result.text),
                             }
-                            for s, result in zip(batch, results)
+                            for s, prompt, result in zip(batch, prompts, results)
                         ]
                     )
                     progress.step(len(batch), f"{length} {position} {label}")
 
 
-def _key(length: int, position: str, label: str, sample: int) -> str:
-    return f"{length}|{position}|{label}|{sample}"
+def teacher_forced(engine: Any, sink: Sink, args: argparse.Namespace) -> None:
+    """log P(French opening) − log P(English opening) per sample under raw, Δ = 1, 2 and each contrast."""
+    from .scoring import ENGLISH_OPENING, FRENCH_OPENING, opening_ids, opening_logits, opening_logprob
 
-
-def _pick_fixed(records: list[dict[str, Any]]) -> str:
-    """The fixed condition with the best tune-half French rate (ties: fewer degenerate, smaller Δ)."""
-
-    def score(label: str) -> tuple[float, float, int]:
-        rows = [r for r in records if r["condition"] == label and r["half"] == "tune"]
-        french, degenerate = rate([r["french"] for r in rows]), rate([r["degenerate"] for r in rows])
-        return french.value, -degenerate.value, -FIXED.index(label)
-
-    return max(FIXED, key=score)
-
-
-def report(records: list[dict[str, Any]], args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
-    """The Markdown report and its data: per cell, each condition on the test half against the best fixed."""
-    labels = list(conditions(args.output_deltas, args.gammas))
-    lines = [
-        "# Where Δ applies, and contrastive emphasis: held-out evaluation",
-        "",
-        f"Command: `python -m benchmarks.quality.steering {' '.join(sys.argv[1:])}`",
-        "",
-        f"Embedded SmolLM2-135M-Instruct, fp32, greedy, {args.tokens} new tokens, 'Summarize this text in "
-        f"French.' over English texts; {args.contexts} texts per cell, even-numbered ones tune the best "
-        "fixed Δ, odd-numbered ones are reported. French = langdetect; degenerate = a repeated 3-gram "
-        "share ≥ 0.5. Rates are % (successes/n, 95 % Wilson interval); p is the exact McNemar test on "
-        "the paired French outcomes against the cell's best fixed condition.",
-        "",
-    ]
-    data: dict[str, Any] = {}
+    openings = [opening_ids(engine, FRENCH_OPENING), opening_ids(engine, ENGLISH_OPENING)]
+    count = token_counter(engine)
+    per_cell = args.contexts // 2 if args.test_half_only else args.contexts
+    progress = Progress(len(args.lengths) * len(args.positions) * per_cell, "teacher-forced")
+    guide = Condition("guide", 1.0)
     for length in args.lengths:
+        texts = contexts("french", length, args.contexts, count)
         for position in args.positions:
-            cell = [r for r in records if r["length"] == length and r["position"] == position]
-            if not cell:
-                continue
-            best = _pick_fixed(cell)
-            base = {r["sample"]: r for r in cell if r["condition"] == best and r["half"] == "test"}
-            lines += [
-                f"## {length} tokens, instruction {position} the text — best fixed on the tune half: {best}",
-                "",
-                "| condition | French (test) | degenerate (test) | French (tune) | wins/losses vs best | p |",
-                "| --- | ---: | ---: | ---: | ---: | ---: |",
-            ]
-            for label in labels:
-                test = [r for r in cell if r["condition"] == label and r["half"] == "test"]
-                tune = [r for r in cell if r["condition"] == label and r["half"] == "tune"]
-                if not test:
-                    continue
-                wins = sum(r["french"] and not base[r["sample"]]["french"] for r in test if r["sample"] in base)
-                losses = sum(base[r["sample"]]["french"] and not r["french"] for r in test if r["sample"] in base)
-                french, degenerate = rate([r["french"] for r in test]), rate([r["degenerate"] for r in test])
-                p = mcnemar_exact(wins, losses)
-                lines.append(
-                    f"| {label} | {french} | {degenerate} | {rate([r['french'] for r in tune])} | "
-                    f"{wins}/{losses} | {p:.3f} |"
-                )
-                data[f"{length}|{position}|{label}"] = {
-                    "french": [french.successes, french.n],
-                    "degenerate": [degenerate.successes, degenerate.n],
-                    "wins": wins,
-                    "losses": losses,
-                    "p": p,
-                    "best_fixed": best,
+            wanted = range(1, args.contexts, 2) if args.test_half_only else range(args.contexts)
+            todo = [s for s in wanted if key("tf", length, position, "all", s) not in sink.done]
+            for s in todo:
+                prompt = french_prompt(texts[s], guide, position)  # Δ = 0 is the raw prompt, token for token
+                logits = {delta: opening_logits(engine, prompt, delta, openings) for delta in (0.0, 1.0, 2.0)}
+
+                def score(pair: list[Any]) -> float:
+                    return opening_logprob(pair[0], openings[0]) - opening_logprob(pair[1], openings[1])
+
+                scores = {"raw": score(logits[0.0]), "guide Δ=1": score(logits[1.0]), "guide Δ=2": score(logits[2.0])}
+                for gamma in args.gammas:
+                    combined = [e + gamma * (e - p) for e, p in zip(logits[1.0], logits[0.0])]
+                    scores[f"contrast Δ=1 γ={gamma:g}"] = score(combined)
+                record = {
+                    "key": key("tf", length, position, "all", s),
+                    "length": length,
+                    "position": position,
+                    "sample": s,
+                    "scores": scores,
                 }
-            lines.append("")
-    return "\n".join(lines), data
+                sink.add([record])
+                progress.step(1, f"{length} {position}")
 
 
-def plot(records: list[dict[str, Any]], args: argparse.Namespace, path: str) -> None:
-    """French rate (test half) per condition, one panel per cell, with 95 % Wilson intervals."""
-    import matplotlib
+def backfill_distances(engine: Any, sink: Sink, args: argparse.Namespace) -> None:
+    """Give the first run's French records (written before ``distance`` existed) their distance."""
+    from guide_engine.decoding import emphasis_distance
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = list(conditions(args.output_deltas, args.gammas))
-    cells = [(length, position) for length in args.lengths for position in args.positions]
-    figure, axes = plt.subplots(1, len(cells), figsize=(3.4 * len(cells), 3.6), sharey=True, squeeze=False)
-    for axis, (length, position) in zip(axes[0], cells):
-        shown = []
-        for index, label in enumerate(labels):
-            flags = [
-                r["french"]
-                for r in records
-                if (r["length"], r["position"], r["condition"], r["half"]) == (length, position, label, "test")
-            ]
-            if not flags:
-                continue
-            french = rate(flags)
-            low, high = french.interval
-            axis.bar(index, french.value, color="#4c72b0" if label in FIXED else "#dd8452")
-            axis.errorbar(
-                index,
-                french.value,
-                yerr=[[max(0.0, french.value - low)], [max(0.0, high - french.value)]],
-                color="black",
-            )
-            shown.append(index)
-        axis.set_xticks(shown, [labels[i] for i in shown], rotation=60, ha="right", fontsize=8)
-        axis.set_title(f"{length} tokens, instruction {position}", fontsize=9)
-        axis.set_ylim(0, 1)
-    axes[0][0].set_ylabel("French answers (held-out half)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    missing = [r for r in sink.records if "distance" not in r]
+    if not missing:
+        return
+    count = token_counter(engine)
+    built: dict[tuple[int, int], str] = {}
+    for record in missing:
+        length, s = record["length"], record["sample"]
+        if (length, s) not in built:
+            built[(length, s)] = contexts("french", length, s + 1, count)[s]
+        prompt = french_prompt(built[(length, s)], Condition("guide", 1.0), record["position"])
+        record["distance"] = emphasis_distance(engine.encode(prompt, delta_mid=1.0))
+    sink.rewrite()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", default="french", choices=sorted(NEW_TOKENS))
     parser.add_argument("--lengths", type=int, nargs="+", default=[256, 1024])
     parser.add_argument("--positions", nargs="+", default=["before", "after"], choices=["before", "after"])
     parser.add_argument("--contexts", type=int, default=24, help="texts per cell (half tune, half test)")
-    parser.add_argument("--output-deltas", type=float, nargs="*", default=[2.0, 4.0])
+    parser.add_argument("--output-deltas", type=float, nargs="*", default=[4.0])
     parser.add_argument("--gammas", type=float, nargs="*", default=[4.0])
-    parser.add_argument("--tokens", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 ran fastest on the shared 2 cores)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--out", default="benchmarks/results/steering")
-    parser.add_argument("--resume", action="store_true", help="keep and skip the records already written")
+    parser.add_argument("--fresh", action="store_true", help="start over (default: keep and skip finished records)")
+    parser.add_argument("--teacher-forced", action="store_true", help="French task: the teacher-forced scores only")
+    parser.add_argument("--test-half-only", action="store_true", help="teacher-forced scores of the test half only")
+    parser.add_argument("--auto-run", action="store_true", help='also run contrast="auto" for real')
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
 
-    sink = Sink(os.path.join(args.out, "records.jsonl"), resume=args.resume or args.report_only)
+    sink = Sink(os.path.join(args.out, "records.jsonl"), resume=not args.fresh)
+    scores = Sink(os.path.join(args.out, "teacher_forced.jsonl"), resume=not args.fresh)
+    runs = Sink(os.path.join(args.out, "runs.jsonl"), resume=True)
     if not args.report_only:
         import torch
 
@@ -218,14 +216,22 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
         started = time.time()
-        run(GuideEngine.from_pretrained(None), sink, args)
-        print(f"ran in {(time.time() - started) / 60:.1f} min", file=sys.stderr)
-    markdown, data = report(sink.records, args)
+        engine = GuideEngine.from_pretrained(None)
+        backfill_distances(engine, sink, args)
+        if args.teacher_forced:
+            teacher_forced(engine, scores, args)
+        else:
+            run(engine, sink, args)
+        minutes = (time.time() - started) / 60
+        command = "python -m benchmarks.quality.steering " + " ".join(sys.argv[1:])
+        runs.add([{"key": f"{len(runs.records)}", "command": command, "minutes": round(minutes, 1)}])
+        print(f"ran in {minutes:.1f} min", file=sys.stderr)
+    markdown, data = report(sink.records, scores.records, runs.records)
     with open(os.path.join(args.out, "report.md"), "w", encoding="utf-8") as handle:
         handle.write(markdown + "\n")
-    plot(sink.records, args, os.path.join(args.out, "french_rate.png"))
+    plot(sink.records, os.path.join(args.out, "success_rate.png"))
     with open(os.path.join(args.out, "summary.json"), "w", encoding="utf-8") as handle:
-        json.dump({"args": vars(args), "cells": data}, handle, indent=2, ensure_ascii=False)
+        json.dump({"cells": data}, handle, indent=2, ensure_ascii=False)
     print(markdown)
 
 
