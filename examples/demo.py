@@ -1,13 +1,14 @@
-"""GUIDE in one screen: a 256-token text with an instruction, with and without emphasis, side by side.
+"""GUIDE in one screen: an instruction before a text, with and without emphasis, side by side.
 
 Runs offline on the embedded SmolLM2-135M-Instruct:
 
-    python examples/demo.py [--max-new-tokens 40] [--delta-mid 1.0] [--contrast 0]
+    python examples/demo.py [--max-new-tokens 40] [--delta-mid 1.0] [--skip-long]
 
-The setting shown is the one the held-out evaluation supports for this model and length (see
-``docs/choosing-delta.md``): the paper's GUIDE, Δ = 1 on the instruction. The text is one of that
-evaluation's held-out texts where emphasis changed the answer; across all of them the rates below
-are what to expect.
+The settings shown are the ones the held-out evaluation supports for this model (see
+``docs/choosing-delta.md``): before a 256-token text, the paper's GUIDE at Δ = 1 on the
+instruction; before a 1024-token text, where Δ alone no longer changes the answer, Δ = 1 with
+``contrast="auto"``. Both texts are held-out texts of that evaluation where emphasis changed the
+answer; across all of them the rates printed below are what to expect.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import textwrap
 import time
+from pathlib import Path
 
 from guide_engine import GuideEngine, escape_tags
 
@@ -33,11 +35,18 @@ TEXT = (
     "on custom sequence types.\n\nThis table lists the sequence operations sorted in ascending priority."
 )
 PROMPT = f"<!!->Summarize this text in French.<-!!>\n\n{escape_tags(TEXT)}"
+LONG_TEXT = (Path(__file__).parent / "texts" / "held-out-1024.txt").read_text(encoding="utf-8")  # 1024 tokens
+LONG_PROMPT = f"<!!->Summarize this text in French.<-!!>\n\n{escape_tags(LONG_TEXT)}"
 EVIDENCE = (
     "This text was picked from the held-out half of the evaluation because emphasis changed the answer. Over all\n"
     "12 held-out texts of 256 tokens with the instruction first: French in 8/12 answers without emphasis and in\n"
-    "11/12 at Δ = 1 (3 wins, 0 losses; exact McNemar p = 0.25: a lead, not proof). Before a 1024-token text,\n"
-    "Δ = 1 alone gave 0/12 and Δ = 1 with contrast=4 gave 8/12: see docs/choosing-delta.md."
+    "11/12 at Δ = 1 (3 wins, 0 losses; exact McNemar p = 0.25: a lead, not proof)."
+)
+LONG_EVIDENCE = (
+    "Also a held-out text where emphasis changed the answer. Over the 12 held-out texts of 1024 tokens with the\n"
+    "instruction first: French in 0/12 answers without emphasis, 0/12 at Δ = 1, and 8/12 with contrast (8 wins,\n"
+    '0 losses, p = 0.008). contrast="auto" contrasts only where the emphasis ends ≥ 512 tokens before the\n'
+    "prompt's end (it costs a second batch row there); see docs/choosing-delta.md."
 )
 
 
@@ -55,7 +64,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--delta-mid", type=float, default=1.0, help="Δ of the <!!-> instruction")
-    parser.add_argument("--contrast", type=float, default=0.0, help="γ of contrastive emphasis (0 = off)")
+    parser.add_argument("--skip-long", action="store_true", help="skip the 1024-token example")
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -65,13 +74,19 @@ def main() -> None:
 
     options = {"max_new_tokens": args.max_new_tokens}
     plain = engine.generate(PROMPT, delta_mid=0.0, **options)
-    guided = engine.generate(PROMPT, delta_mid=args.delta_mid, contrast=args.contrast, **options)
+    guided = engine.generate(PROMPT, delta_mid=args.delta_mid, **options)
     span = guided.spans[0]
     print(f"Emphasized: {span.text.strip()!r}, tokens {span.token_start}-{span.token_end}, Δ = {span.delta:g}\n")
-    label = f"GUIDE, Δ = {span.delta:g}" + (f", contrast γ = {args.contrast:g}" if args.contrast else "")
-    side_by_side("No emphasis", plain.text, label, guided.text)
+    side_by_side("No emphasis", plain.text, f"GUIDE, Δ = {span.delta:g}", guided.text)
     print(f"\n{EVIDENCE}")
     print("SmolLM2-135M's French is poor: emphasis changes which language it answers in, not how well it writes.")
+
+    if not args.skip_long:
+        print(f"\nThe same instruction before a longer text ({len(engine.encode(LONG_PROMPT).input_ids)} tokens):\n")
+        alone = engine.generate(LONG_PROMPT, delta_mid=args.delta_mid, **options)
+        auto = engine.generate(LONG_PROMPT, delta_mid=args.delta_mid, contrast="auto", **options)
+        side_by_side(f"GUIDE, Δ = {args.delta_mid:g}", alone.text, 'GUIDE, Δ = 1, contrast="auto"', auto.text)
+        print(f"\n{LONG_EVIDENCE}")
 
     print("\nStreaming, with a level-1 tag:")
     for piece in engine.stream("<!-> Answer in one word. <-!> What is the capital of France?", max_new_tokens=20):

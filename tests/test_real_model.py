@@ -88,7 +88,8 @@ def test_pay_attention_pipeline_returns_influence(real_engine):
 
 
 def test_the_demo_runs_and_its_claim_holds(real_engine):
-    """examples/demo.py (set-up command 1) runs, and on its text Δ = 1 turns an English answer into French."""
+    """examples/demo.py (set-up command 1) runs, and its claims hold: on its 256-token text Δ = 1 turns an
+    English answer into French; on its 1024-token text Δ = 1 does not, and contrast="auto" does."""
     import importlib.util
     import os
     import subprocess
@@ -106,6 +107,10 @@ def test_the_demo_runs_and_its_claim_holds(real_engine):
     guided = real_engine.generate(module.PROMPT, max_new_tokens=40, delta_mid=1.0)
     assert not is_french(plain.text), plain.text
     assert is_french(guided.text), guided.text
+    alone = real_engine.generate(module.LONG_PROMPT, max_new_tokens=40, delta_mid=1.0)
+    auto = real_engine.generate(module.LONG_PROMPT, max_new_tokens=40, delta_mid=1.0, contrast="auto")
+    assert not is_french(alone.text), alone.text
+    assert is_french(auto.text), auto.text
     run = subprocess.run(
         [sys.executable, str(demo), "--max-new-tokens", "4"],
         capture_output=True,
@@ -115,3 +120,4 @@ def test_the_demo_runs_and_its_claim_holds(real_engine):
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "No emphasis" in run.stdout and "GUIDE, Δ = 1" in run.stdout
+    assert 'GUIDE, Δ = 1, contrast="auto"' in run.stdout

@@ -113,6 +113,8 @@ def test_malformed_tags_get_400_and_the_server_keeps_serving(client):
         _chat(client, "hi", delta_mid="nan")
     with pytest.raises(openai.BadRequestError, match="repetition_penalty"):
         _chat(client, "<!->a<-!> b", repetition_penalty=1.2)
+    with pytest.raises(openai.BadRequestError, match="contrast is an option of GuideEngine"):
+        _chat(client, "<!->a<-!> b", contrast="auto")
     assert _chat(client, "Say hi.", max_tokens=4).message.content
 
 

@@ -67,3 +67,16 @@ def test_vllm_options_after_no_model_pass_through_in_order(monkeypatch) -> None:
     result = CliRunner().invoke(app, ["serve", "--dtype", "float32", "--port", "8002", "--api-key", "k"])
     assert result.exit_code == 0, result.output
     assert calls == [("default", {"port": 8002, "delta_mid": None, "extra": ["--dtype", "float32", "--api-key", "k"]})]
+
+
+@pytest.mark.parametrize("where", ["top", "chat_template_kwargs"])
+@pytest.mark.parametrize("name,value", [("contrast", "auto"), ("delta_queries", "output"), ("metric", "influence")])
+def test_engine_only_options_are_refused_not_dropped(where, name, value) -> None:
+    from guide_integrations.vllm.middleware import rewrite_body
+
+    body = {"messages": [{"role": "user", "content": "<!!->hi<-!!>"}], "delta_mid": 2}
+    body.update({name: value} if where == "top" else {"chat_template_kwargs": {name: value}})
+    with pytest.raises(GuideValueError, match=f"^{name} is an option of GuideEngine .* the vLLM server does not apply"):
+        rewrite_body(body)
+    kept = rewrite_body({"messages": [{"role": "user", "content": "<!!->hi<-!!>"}], "delta_mid": 2})
+    assert kept["chat_template_kwargs"] == {"delta_mid": 2.0}

@@ -6,6 +6,8 @@ moves ``delta_mid`` and ``delta_influence`` into ``chat_template_kwargs``, where
 them, and refuses with HTTP 400 what GUIDE cannot serve:
 
 * a non-finite ``delta_mid``;
+* the engine's steering and measuring options (``contrast``, ``delta_queries``, ``layers``,
+  ``heads``, ``metric``): the server does not apply them, and vLLM would drop them silently;
 * tags together with repetition, frequency or presence penalties or ``prompt_logprobs``: those read
   the prompt's token ids against the vocabulary, and GUIDE's ids carry Δ above it.
 """
@@ -21,6 +23,8 @@ from guide_engine.tags import MARKERS
 __all__ = ["GuideBodyMiddleware", "rewrite_body"]
 
 GUIDE_FIELDS = ("delta_mid", "delta_influence")
+ENGINE_ONLY = ("contrast", "delta_queries", "layers", "heads", "metric")
+"""``GuideEngine`` options the server does not apply: refused rather than ignored."""
 _NEUTRAL = {"repetition_penalty": 1.0, "frequency_penalty": 0.0, "presence_penalty": 0.0, "prompt_logprobs": None}
 
 
@@ -41,6 +45,14 @@ def rewrite_body(body: dict[str, Any]) -> dict[str, Any]:
     Raises:
         GuideValueError: A GUIDE field is not a finite number, or tags meet a prompt-reading option.
     """
+    from guide_engine.errors import GuideValueError
+
+    refused = [name for name in ENGINE_ONLY if name in body or name in (body.get("chat_template_kwargs") or {})]
+    if refused:
+        raise GuideValueError(
+            f"{refused[0]} is an option of GuideEngine (ChatGuide, GuideLLM) that the vLLM server does not apply; "
+            f"the server takes {GUIDE_FIELDS}: drop {refused[0]!r} or run the request through the engine"
+        )
     moved = {name: require_finite(name, body.pop(name)) for name in GUIDE_FIELDS if name in body}
     kwargs = dict(body.get("chat_template_kwargs") or {})
     for name in GUIDE_FIELDS:
@@ -51,8 +63,6 @@ def rewrite_body(body: dict[str, Any]) -> dict[str, Any]:
     if _has_tags(body):
         for name, neutral in _NEUTRAL.items():
             if body.get(name, neutral) not in (neutral, None):
-                from guide_engine.errors import GuideValueError
-
                 raise GuideValueError(
                     f"{name}={body[name]!r} reads the prompt's token ids and cannot be combined with GUIDE tags; "
                     f"leave it at {neutral!r} or send the prompt without tags"
