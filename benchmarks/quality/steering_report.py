@@ -77,6 +77,12 @@ def pick_fixed(cell: Sequence[dict[str, Any]]) -> str:
     return max((label for label in FIXED if any(r["condition"] == label for r in cell)), key=score)
 
 
+def complete(cell: Sequence[dict[str, Any]]) -> bool:
+    """Whether every fixed condition has as many records as the cell's largest condition."""
+    counts = {label: sum(r["condition"] == label for r in cell) for label in {r["condition"] for r in cell}}
+    return all(counts.get(label, 0) == max(counts.values()) for label in FIXED)
+
+
 def separated(better: Rate, worse: Rate) -> bool:
     """Whether the 95 % Wilson intervals do not overlap, ``better`` above."""
     return better.interval[0] > worse.interval[1]
@@ -169,6 +175,9 @@ def _task_section(task: str, rows: list[dict[str, Any]], scores: list[dict[str, 
     details: list[str] = []
     for length, position in cells:
         cell = [r for r in mine if (r["length"], r["position"]) == (length, position)]
+        if not complete(cell):
+            details += [f"### {length} tokens, {position}: incomplete (a run stopped early), not reported", ""]
+            continue
         best = pick_fixed(cell)
         best_rate = compare(cell, best, best)["success"]
         details += [
@@ -236,6 +245,7 @@ def plot(records: Sequence[dict[str, Any]], path: str) -> None:
         mine = [r for r in rows if r["task"] == task]
         labels = [label for label in labels_of(mine) if label != f"{AUTO} (run)"]
         cells = sorted({(r["length"], r["position"]) for r in mine}, key=lambda c: (c[0], c[1] != "before"))
+        cells = [c for c in cells if complete([r for r in mine if (r["length"], r["position"]) == c])]
         for axis, (length, position) in zip(line, cells):
             for index, label in enumerate(labels):
                 flags = [

@@ -53,6 +53,9 @@ def test_comparison_and_report_against_the_best_fixed_condition():
     assert "best fixed on the tune half: guide Δ=1" in markdown
     assert "| 512, before | guide Δ=1 | 1/2 | 1/2 | 1/1 | 1.000 | yes | no |" in markdown
     assert data["french|512|after|auto"]["success"] == [1, 2]
+    stopped = [r for r in _cell("after", 5) if not (r["condition"] == "guide Δ=2" and r["sample"] == 3)]
+    markdown, data = report(stopped)
+    assert "512 tokens, after: incomplete (a run stopped early), not reported" in markdown and not data
 
 
 @pytest.fixture(scope="module")
