@@ -215,8 +215,9 @@ def decode_steps(
         [float(contrast)] * batch if isinstance(contrast, (int, float)) else [float(g) for g in contrast],
         device=input_ids.device,
     )[:, None]  # (batch, 1)
-    twins = bool((gamma > 0).any()) and state is not None and state.key_bias is not None
-    if twins and state is not None:  # rows [0, batch) with Δ, rows [batch, 2·batch) without
+    twins = False
+    if state is not None and state.key_bias is not None and bool((gamma > 0).any()):
+        twins = True  # rows [0, batch) with Δ, rows [batch, 2·batch) without
         state = state.with_plain_twins()
         input_ids, attention_mask = input_ids.repeat(2, 1), attention_mask.repeat(2, 1)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)

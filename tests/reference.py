@@ -156,3 +156,16 @@ def reference_influence(model, ids: torch.Tensor, indicator: torch.Tensor, bias,
             current = (xn * current + on * product) / (xn + on)
         result[layer] = current.clone()
     return result
+
+
+@torch.no_grad()
+def assert_cached_decoding_matches(model, reference_model, out, cache, sequence, state, recorder, steps, tol) -> None:
+    """Decode ``steps`` greedy tokens one by one from the prefill output ``out`` (with ``cache`` and the
+    engine's ``state``); each step's logits must equal ``reference_model`` run on the whole sequence."""
+    for step in range(steps):
+        next_id = out.logits[:, -1].argmax(-1, keepdim=True)
+        sequence = torch.cat([sequence, next_id], dim=-1)
+        position = torch.tensor([[sequence.shape[1] - 1]])
+        out = model(input_ids=next_id, cache=cache, use_cache=True, position_ids=position, guide=state)
+        full = reference_model(sequence, reference=recorder).logits[:, -1]
+        torch.testing.assert_close(out.logits[:, -1], full, **tol, msg=f"decoding step {step}")

@@ -7,7 +7,7 @@ import torch
 from transformers import DynamicCache
 
 from guide_engine.attention import GuideAttentionState
-from tests.reference import REFERENCE, Recorder, twin
+from tests.reference import REFERENCE, Recorder, assert_cached_decoding_matches, twin
 
 SEQ = 20
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -70,14 +70,7 @@ def test_cached_decoding_matches_full_recompute(tiny):
     state = GuideAttentionState(key_bias=bias)
     cache = DynamicCache(config=tiny.config)
     out = tiny(input_ids=prompt, cache=cache, use_cache=True, guide=state)
-    sequence = prompt
-    for step in range(12):
-        next_id = out.logits[:, -1].argmax(-1, keepdim=True)
-        sequence = torch.cat([sequence, next_id], dim=-1)
-        position = torch.tensor([[sequence.shape[1] - 1]])
-        out = tiny(input_ids=next_id, cache=cache, use_cache=True, position_ids=position, guide=state)
-        full = reference_model(sequence, reference=Recorder(bias)).logits[:, -1]
-        torch.testing.assert_close(out.logits[:, -1], full, **TOL, msg=f"decoding step {step}")
+    assert_cached_decoding_matches(tiny, reference_model, out, cache, prompt, state, Recorder(bias), 12, TOL)
 
 
 @torch.no_grad()

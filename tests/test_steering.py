@@ -17,7 +17,7 @@ from guide_engine import GuideEngine, GuideValueError, decoding
 from guide_engine.attention import GuideAttentionState
 from guide_engine.decoding import contrast_of, emphasis_distance
 from guide_engine.options import AUTO_CONTRAST
-from tests.reference import REFERENCE, Recorder, twin
+from tests.reference import REFERENCE, Recorder, assert_cached_decoding_matches, twin
 
 PROMPT = "<!!-> Answer in French. <-!!> What is the capital of Italy?"
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -70,14 +70,8 @@ def test_output_queries_match_the_reference_in_prefill_and_cached_decoding(tiny)
     every_query = reference_model(prompt, reference=Recorder(bias)).logits
     assert not torch.allclose(out.logits[:, -1], every_query[:, -1], atol=1e-3), "output-only must differ from all"
     torch.testing.assert_close(out.logits[:, :-1], tiny(prompt).logits[:, :-1], **TOL)  # earlier rows: plain
-    sequence = prompt
-    for step in range(8):
-        next_id = out.logits[:, -1].argmax(-1, keepdim=True)
-        sequence = torch.cat([sequence, next_id], dim=-1)
-        position = torch.tensor([[sequence.shape[1] - 1]])
-        out = tiny(input_ids=next_id, cache=cache, use_cache=True, position_ids=position, guide=state)
-        full = reference_model(sequence, reference=Recorder(bias, rows_from=11)).logits[:, -1]
-        torch.testing.assert_close(out.logits[:, -1], full, **TOL, msg=f"decoding step {step}")
+    recorder = Recorder(bias, rows_from=11)
+    assert_cached_decoding_matches(tiny, reference_model, out, cache, prompt, state, recorder, 8, TOL)
 
 
 def test_engine_output_queries_equal_the_reference_loop(engine):
