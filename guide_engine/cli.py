@@ -223,7 +223,10 @@ def generate(
         help="Queries that get Δ: all (the paper's GUIDE) or output (the last prompt position and new tokens).",
     ),
     contrast: str = typer.Option(
-        "0", "--contrast", help="γ of contrastive emphasis: l_Δ + γ (l_Δ − l_0); 0 = off; auto = 4 for far emphasis."
+        "0",
+        "--contrast",
+        metavar="γ|auto",
+        help="γ of contrastive emphasis: l_Δ + γ (l_Δ − l_0); 0 = off; auto = 4 for far emphasis.",
     ),
 ) -> None:
     """Generate a completion of a tagged prompt, streaming the text to stdout."""
