@@ -158,6 +158,8 @@ def report(
         f'`auto` is `contrast="auto"` at Δ = 1: γ = 4 where the emphasis ends ≥ {far} tokens before the '
         "prompt's end, else plain GUIDE Δ = 1; its outcome is the record of the setting it picks.",
         "",
+        "![Success rate per condition and cell, held-out half, 95 % Wilson intervals](success_rate.png)",
+        "",
     ]
     data: dict[str, Any] = {}
     for task in [t for t in TASK_TITLES if any(r["task"] == t for r in rows)]:
@@ -225,7 +227,41 @@ def _task_section(task: str, rows: list[dict[str, Any]], scores: list[dict[str, 
                 f"`auto` run for real in this cell: the same answer as its looked-up record in {same}/{len(ran)}.",
                 "",
             ]
-    return [*lines, "`auto` against the best fixed condition, test half:", "", *verdict, "", *details]
+    overview = _overview(mine, [c for c in cells if complete([r for r in mine if (r["length"], r["position"]) == c])])
+    return [
+        *lines,
+        "Successes on the test half (of 12; **bold**: the cell's best fixed condition, chosen on the tune half; "
+        "d: degenerate answers):",
+        "",
+        *overview,
+        "",
+        "`auto` against the best fixed condition, test half:",
+        "",
+        *verdict,
+        "",
+        *details,
+    ]
+
+
+def _overview(mine: list[dict[str, Any]], cells: list[tuple[int, str]]) -> list[str]:
+    """One compact table: conditions × cells, test-half successes (and degenerate answers)."""
+    best = {c: pick_fixed([r for r in mine if (r["length"], r["position"]) == c]) for c in cells}
+    lines = ["| condition | " + " | ".join(f"{length}, {position}" for length, position in cells) + " |"]
+    lines.append("| --- |" + " ---: |" * len(cells))
+    for label in [label for label in labels_of(mine) if label != f"{AUTO} (run)"]:
+        entries = []
+        for cell in cells:
+            where = (*cell, label, "test")
+            test = [r for r in mine if (r["length"], r["position"], r["condition"], r["half"]) == where]
+            if not test:
+                entries.append("–")
+                continue
+            shown = f"{sum(r['success'] for r in test)}/{len(test)}"
+            shown = f"**{shown}**" if label == best[cell] else shown
+            degenerate = sum(r["degenerate"] for r in test)
+            entries.append(f"{shown} ({degenerate} d)" if degenerate else shown)
+        lines.append(f"| {label} | " + " | ".join(entries) + " |")
+    return lines
 
 
 def plot(records: Sequence[dict[str, Any]], path: str) -> None:
