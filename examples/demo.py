@@ -46,7 +46,8 @@ LONG_EVIDENCE = (
     "Also a held-out text where emphasis changed the answer. Over the 12 held-out texts of 1024 tokens with the\n"
     "instruction first: French in 0/12 answers without emphasis, 0/12 at Δ = 1, and 8/12 with contrast (8 wins,\n"
     '0 losses, p = 0.008). contrast="auto" contrasts only where the emphasis ends ≥ 512 tokens before the\n'
-    "prompt's end (it costs a second batch row there); see docs/choosing-delta.md."
+    "prompt's end (it costs a second batch row there). It is for instructions like this one: on a question\n"
+    "whose answer is in the text it hurt (needle task: 10/12 → 3/12). See docs/choosing-delta.md."
 )
 
 

@@ -139,7 +139,8 @@ class GuideLLM(FunctionCallingLLM):
     contrast: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] | Literal["auto"] = Field(
         default=0.0,
         description="γ of contrastive emphasis: each token from l_Δ + γ (l_Δ − l_0), one extra batch row per "
-        "request (0: off); 'auto': γ = 4 only where the emphasis ends far before the prompt's end.",
+        "request (0: off); 'auto': γ = 4 only where the emphasis ends far before the prompt's end. For "
+        "instructions, not questions answered from the text (see the Choosing Δ page).",
     )
     max_new_tokens: int = Field(default=256, gt=0, description="Most tokens to generate per call.")
     temperature: float = Field(default=0.0, ge=0.0, allow_inf_nan=False, description="0 is greedy decoding.")
