@@ -77,6 +77,11 @@ def pick_fixed(cell: Sequence[dict[str, Any]]) -> str:
     return max((label for label in FIXED if any(r["condition"] == label for r in cell)), key=score)
 
 
+def p_text(p: float) -> str:
+    """``0.016`` or ``< 0.001``."""
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
 def complete(cell: Sequence[dict[str, Any]]) -> bool:
     """Whether every fixed condition has as many records as the cell's largest condition."""
     counts = {label: sum(r["condition"] == label for r in cell) for label in {r["condition"] for r in cell}}
@@ -118,7 +123,7 @@ def score_cell(scores: Sequence[dict[str, Any]], length: int, position: str, lab
     up = sum(r[label] > r[best] for r in rows)
     down = sum(r[label] < r[best] for r in rows)
     shown = f"{mean([r[label] for r in rows]):+.2f}"
-    return shown if label == best else f"{shown} (up {up}/{len(rows)}, p={mcnemar_exact(up, down):.3f})"
+    return shown if label == best else f"{shown} (up {up}/{len(rows)}, p: {p_text(mcnemar_exact(up, down))})"
 
 
 def auto_scores(scores: list[dict[str, Any]], records: Sequence[dict[str, Any]], far: int) -> list[dict[str, Any]]:
@@ -196,7 +201,7 @@ def _task_section(task: str, rows: list[dict[str, Any]], scores: list[dict[str, 
                 continue
             row = (
                 f"| {label} | {result['success']} | {result['degenerate']} | {result['tune']} | "
-                f"{result['wins']}/{result['losses']} | {result['p']:.3f} |"
+                f"{result['wins']}/{result['losses']} | {p_text(result['p'])} |"
             )
             if task == "french" and scores:
                 row += f" {score_cell(scores, length, position, label, best)} |"
@@ -216,7 +221,7 @@ def _task_section(task: str, rows: list[dict[str, Any]], scores: list[dict[str, 
             no_worse = "yes" if a.successes >= b.successes else "no"
             verdict.append(
                 f"| {length}, {position} | {best} | {b.successes}/{b.n} | {a.successes}/{a.n} | "
-                f"{auto['wins']}/{auto['losses']} | {auto['p']:.3f} | {no_worse} | "
+                f"{auto['wins']}/{auto['losses']} | {p_text(auto['p'])} | {no_worse} | "
                 f"{'yes' if separated(a, b) else 'no'} |"
             )
         ran = [r for r in cell if r["condition"] == f"{AUTO} (run)"]
