@@ -45,6 +45,7 @@ METRICS: tuple[str, ...] = get_args(Metric)
 
 DeltaQueries = Literal["all", "output"]
 DELTA_QUERIES: tuple[str, ...] = get_args(DeltaQueries)
+"""Which queries get Δ: ``"all"`` (the paper's GUIDE) or ``"output"`` (those that produce a token)."""
 Contrast = float | Literal["auto"]
 
 AUTO_CONTRAST = 4.0
@@ -55,7 +56,6 @@ AUTO_CONTRAST_DISTANCE = 512
 Chosen on the tuning half of the steering evaluation (docs/choosing-delta.md): contrast helped an
 instruction 1024 tokens before the end, was even at 256 and hurt an instruction at the end.
 """
-"""Which queries get Δ: ``"all"`` (the paper's GUIDE) or ``"output"`` (those that produce a token)."""
 
 FinishReason = Literal["stop", "length", "tool_calls", "timeout"]
 Layers = Literal["all"] | Sequence[int]

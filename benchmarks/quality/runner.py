@@ -49,16 +49,17 @@ class Sink:
 
     def rewrite(self) -> None:
         """Write every record again (after records were changed in place)."""
-        with open(self.path, "w", encoding="utf-8") as handle:
-            for record in self.records:
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._write(self.records, "w")
 
     def add(self, records: Sequence[dict[str, Any]]) -> None:
-        with open(self.path, "a", encoding="utf-8") as handle:
-            for record in records:
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._write(records, "a")
         self.records.extend(records)
         self.done.update(record["key"] for record in records)
+
+    def _write(self, records: Sequence[dict[str, Any]], mode: str) -> None:
+        with open(self.path, mode, encoding="utf-8") as handle:
+            for record in records:
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:

@@ -143,6 +143,11 @@ def teacher_forced(engine: Any, sink: Sink, args: argparse.Namespace) -> None:
     per_cell = args.contexts // 2 if args.test_half_only else args.contexts
     progress = Progress(len(args.lengths) * len(args.positions) * per_cell, "teacher-forced")
     guide = Condition("guide", 1.0)
+
+    def score(pair: list[Any]) -> float:
+        """log P(French opening) − log P(English opening) from the two openings' logits."""
+        return opening_logprob(pair[0], openings[0]) - opening_logprob(pair[1], openings[1])
+
     for length in args.lengths:
         texts = contexts("french", length, args.contexts, count)
         for position in args.positions:
@@ -151,10 +156,6 @@ def teacher_forced(engine: Any, sink: Sink, args: argparse.Namespace) -> None:
             for s in todo:
                 prompt = french_prompt(texts[s], guide, position)  # Δ = 0 is the raw prompt, token for token
                 logits = {delta: opening_logits(engine, prompt, delta, openings) for delta in (0.0, 1.0, 2.0)}
-
-                def score(pair: list[Any]) -> float:
-                    return opening_logprob(pair[0], openings[0]) - opening_logprob(pair[1], openings[1])
-
                 scores = {"raw": score(logits[0.0]), "guide Δ=1": score(logits[1.0]), "guide Δ=2": score(logits[2.0])}
                 for gamma in args.gammas:
                     combined = [e + gamma * (e - p) for e, p in zip(logits[1.0], logits[0.0])]
@@ -182,7 +183,7 @@ def backfill_distances(engine: Any, sink: Sink, args: argparse.Namespace) -> Non
     for record in missing:
         length, s = record["length"], record["sample"]
         if (length, s) not in built:
-            built[(length, s)] = contexts("french", length, s + 1, count)[s]
+            built[(length, s)] = build_context(length, s, count, salt=FRENCH_SALT)
         prompt = french_prompt(built[(length, s)], Condition("guide", 1.0), record["position"])
         record["distance"] = emphasis_distance(engine.encode(prompt, delta_mid=1.0))
     sink.rewrite()

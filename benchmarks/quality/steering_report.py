@@ -32,6 +32,11 @@ def normalized(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def auto_source(distance: int, far: int) -> str:
+    """The condition whose record ``auto`` is: contrast where the emphasis is far, plain GUIDE Δ = 1 else."""
+    return AUTO_SOURCE if distance >= far else PLAIN_SOURCE
+
+
 def with_auto(records: list[dict[str, Any]], far: int | None = None) -> list[dict[str, Any]]:
     """Add the ``auto`` record of every sample: the record of the setting ``contrast="auto"`` picks.
 
@@ -46,7 +51,7 @@ def with_auto(records: list[dict[str, Any]], far: int | None = None) -> list[dic
     for r in records:
         if r["condition"] != PLAIN_SOURCE or r.get("distance") is None:
             continue
-        source = AUTO_SOURCE if r["distance"] >= far else PLAIN_SOURCE
+        source = auto_source(r["distance"], far)
         chosen = by_key.get((r["task"], r["length"], r["position"], source, r["sample"]))
         if chosen is not None:
             added.append({**chosen, "condition": AUTO, "source": source})
@@ -138,7 +143,7 @@ def auto_scores(scores: list[dict[str, Any]], records: Sequence[dict[str, Any]],
         d = distance.get((row["length"], row["position"], row["sample"]))
         extra = {}
         if d is not None and AUTO_SOURCE in row["scores"]:
-            extra = {AUTO: row["scores"][AUTO_SOURCE if d >= far else PLAIN_SOURCE]}
+            extra = {AUTO: row["scores"][auto_source(d, far)]}
         out.append({**row, "scores": {**row["scores"], **extra}})
     return out
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from guide_engine.errors import GuideError, require_finite
+from guide_engine.errors import GuideError, GuideValueError, require_finite
 from guide_engine.tags import MARKERS
 
 __all__ = ["GuideBodyMiddleware", "rewrite_body"]
@@ -45,8 +45,6 @@ def rewrite_body(body: dict[str, Any]) -> dict[str, Any]:
     Raises:
         GuideValueError: A GUIDE field is not a finite number, or tags meet a prompt-reading option.
     """
-    from guide_engine.errors import GuideValueError
-
     refused = [name for name in ENGINE_ONLY if name in body or name in (body.get("chat_template_kwargs") or {})]
     if refused:
         raise GuideValueError(
