@@ -34,6 +34,7 @@ from transformers.models.llama.modeling_llama import eager_attention_forward
 
 from guide_engine import GuideEngine
 from guide_engine.attention import GuideAttentionState
+from guide_engine.kv_cache import cache_keyword
 
 VARIANTS = ("sdpa", "guide", "dense")
 LABELS = {"sdpa": "(a) stock SDPA", "guide": "(b) GUIDE", "dense": "(c) dense mask (eager)"}
@@ -91,7 +92,12 @@ def run_variant(model: torch.nn.Module, prompt: BenchPrompt, kwargs: dict[str, A
     cache = DynamicCache(config=model.config)
     prefill, out = timed(
         lambda: model(
-            input_ids=ids, position_ids=torch.arange(n)[None], cache=cache, use_cache=True, logits_to_keep=1, **kwargs
+            input_ids=ids,
+            position_ids=torch.arange(n)[None],
+            **{cache_keyword(model): cache},
+            use_cache=True,
+            logits_to_keep=1,
+            **kwargs,
         )
     )
     logits = [out.logits[0, -1].clone()]
@@ -102,7 +108,7 @@ def run_variant(model: torch.nn.Module, prompt: BenchPrompt, kwargs: dict[str, A
             lambda step=step, i=i: model(
                 input_ids=step,
                 position_ids=torch.tensor([[n + i]]),
-                cache=cache,
+                **{cache_keyword(model): cache},
                 use_cache=True,
                 logits_to_keep=1,
                 **kwargs,

@@ -23,7 +23,7 @@ state has nothing to do for a layer, the call is exactly stock SDPA.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import torch
@@ -42,6 +42,7 @@ __all__ = [
     "build_state",
     "guide_attention_forward",
     "guide_mask",
+    "kernel_head_dim",
     "keys_bias",
     "register",
 ]
@@ -49,6 +50,36 @@ __all__ = [
 ATTENTION_NAME = "guide"
 MAX_ABS_BIAS = 1000.0
 """|Δ| beyond this already saturates the softmax (exp(-1000) is 0 even in float32); Δ is clamped to it."""
+
+
+_HALF_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def kernel_head_dim(head_dim: int, device_type: str, dtype: torch.dtype) -> int:
+    """The last dimension of q′, k′ and v′ for the extra coordinate: ``head_dim + 1``, padded for the fused kernels.
+
+    PyTorch's CUDA dispatcher (``sdp_utils.cpp``) takes memory-efficient attention, the kernel of
+    every masked call (padded batches, sliding windows) and of float32, only when the last
+    dimension is a multiple of the GEMM alignment: 8 in float16/bfloat16, 4 otherwise. Flash
+    attention takes any multiple of 8 up to 256, unmasked. So on CUDA ``head_dim + 1`` is rounded
+    up to that alignment (257 → 264 leaves flash's limit but stays on memory-efficient attention).
+    On every other device ``head_dim + 1`` is kept: on CPU the flash kernel takes any width, and
+    65 and 129 measured as fast as or faster than 68, 72, 132 or 136 (``benchmarks/overhead.py
+    --head-dims``, docs/benchmarks.md).
+    """
+    needed = head_dim + 1
+    if device_type != "cuda":
+        return needed
+    alignment = 8 if dtype in _HALF_PRECISION else 4
+    return -(-needed // alignment) * alignment
+
+
+def _with_extra_column(x: torch.Tensor, extra: torch.Tensor, width: int) -> torch.Tensor:
+    """``x`` with ``extra`` as column ``x.shape[-1]`` and zeros up to ``width``: one copy."""
+    out = x.new_zeros(*x.shape[:-1], width)
+    out[..., : x.shape[-1]] = x
+    out[..., x.shape[-1]] = extra[..., 0]
+    return out
 
 
 class InfluenceColumn(Protocol):
@@ -77,6 +108,9 @@ class GuideAttentionState:
         influence: an influence tracker filled during this forward, or ``None``.
         query_from: the first absolute position whose queries get Δ (``delta_queries="output"``:
             the last prompt position); ``None``: every query, as the paper does.
+        step_bias: ``(batch, 1 | heads, 1, cache_len)`` the additive row of every decoding step
+            against a static cache (:meth:`for_static_cache`): a fixed-shape tensor, so a compiled
+            step (CUDA graphs) replays it; ``None`` in the eager loop.
     """
 
     key_bias: torch.Tensor | None = None
@@ -85,6 +119,7 @@ class GuideAttentionState:
     pad_offsets: torch.Tensor | None = None
     influence: InfluenceColumn | None = None
     query_from: int | None = None
+    step_bias: torch.Tensor | None = None
     _head_cache: dict[Any, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def bias_for_layer(self, layer_idx: int | None) -> torch.Tensor | None:
@@ -121,6 +156,21 @@ class GuideAttentionState:
         else:
             positions = torch.arange(kv_len - q_len, kv_len, device=like.device)[None, :]
         return (positions >= self.query_from).to(like.dtype)[:, None, :, None]
+
+    def for_static_cache(self, cache_len: int, num_heads: int, dtype: torch.dtype) -> GuideAttentionState:
+        """This state with :attr:`step_bias` for decoding steps over a ``cache_len`` static cache.
+
+        Decoding queries come after the prompt, so ``query_from`` selects all of them; the head
+        selection is folded into the row.
+        """
+        if self.key_bias is None:
+            return self
+        rows, width = self.key_bias.shape
+        row = self.key_bias.new_zeros(rows, 1, 1, cache_len)  # (batch, 1, 1, cache_len)
+        row[:, 0, 0, :width] = self.key_bias
+        if self.heads is not None:
+            row = row * self.head_selector(num_heads, row)  # (batch, heads, 1, cache_len)
+        return replace(self, step_bias=row.to(dtype), _head_cache={})
 
     def with_plain_twins(self) -> GuideAttentionState:
         """This state for a batch of twice the rows: the rows as they are, then the same rows without Δ."""
@@ -208,6 +258,10 @@ def guide_attention_forward(
     batch, num_heads, q_len, head_dim = query.shape
     kv_len = key.shape[2]
     scaling = head_dim**-0.5 if scaling is None else scaling
+    if q_len == 1 and tracker is None and guide.step_bias is not None and guide.step_bias.shape[-1] == kv_len:
+        # A decoding step against a static cache: the row was built once per request.
+        row = guide.step_bias.to(query.dtype)  # (batch, 1 | heads, 1, kv_len)
+        return sdpa_attention_forward(module, query, key, value, _merge(row, attention_mask), scaling=scaling, **kwargs)
     bias = None
     if prompt_bias is not None:
         bias = keys_bias(prompt_bias, kv_len, kwargs.get("position_ids"), guide.pad_offsets)
@@ -222,14 +276,11 @@ def guide_attention_forward(
             row = row * guide.head_selector(num_heads, row)  # (batch, heads, 1, kv_len)
         if queries is not None:
             row = row * queries  # (batch, 1 | heads, 1, kv_len)
-        if attention_mask is not None and attention_mask.dtype == torch.bool:
-            row = row.masked_fill(~attention_mask, torch.finfo(row.dtype).min)
-        elif attention_mask is not None:  # an additive float mask
-            row = row + attention_mask
-        return sdpa_attention_forward(module, query, key, value, row, scaling=scaling, **kwargs)
+        return sdpa_attention_forward(module, query, key, value, _merge(row, attention_mask), scaling=scaling, **kwargs)
 
     # Extra coordinate: q gains a column `sel` (1 on biased heads), k gains Δ/scale,
-    # v gains the influence vector (or zeros), so q'·k' = q·k + Δ/scale on biased heads.
+    # v gains the influence vector (or zeros), so q'·k' = q·k + Δ/scale on biased heads;
+    # then zeros up to the width the fused kernels take (kernel_head_dim).
     if bias is not None:
         sel = guide.head_selector(num_heads, query).expand(batch, num_heads, q_len, 1)
         if queries is not None:
@@ -240,14 +291,27 @@ def guide_attention_forward(
         key_extra = key.new_zeros(batch, key.shape[1], kv_len, 1)
     if value_extra is None:
         value_extra = value.new_zeros(batch, value.shape[1], kv_len, 1)
-    query = torch.cat([query, sel.to(query.dtype)], dim=-1)
-    key = torch.cat([key, key_extra.to(key.dtype)], dim=-1)
-    value = torch.cat([value, value_extra.to(value.dtype)], dim=-1)
+    value_dim = value.shape[-1]
+    width = kernel_head_dim(head_dim, query.device.type, query.dtype)
+    query = _with_extra_column(query, sel.to(query.dtype), width)
+    key = _with_extra_column(key, key_extra.to(key.dtype), width)
+    value = _with_extra_column(
+        value, value_extra.to(value.dtype), kernel_head_dim(value_dim, value.device.type, value.dtype)
+    )
     out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
-    # out: (batch, q_len, heads, head_dim + 1)
+    # out: (batch, q_len, heads, padded value width); column value_dim is Ā·(value column)
     if tracker is not None:
-        tracker.record_attention_product(layer_idx, out[..., -1])  # (batch, q_len, heads)
-    return out[..., :-1], None
+        tracker.record_attention_product(layer_idx, out[..., value_dim])  # (batch, q_len, heads)
+    return out[..., :value_dim], None
+
+
+def _merge(row: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """The additive row with the model's mask: a masked key stays masked whatever its Δ."""
+    if attention_mask is not None and attention_mask.dtype == torch.bool:
+        return row.masked_fill(~attention_mask, torch.finfo(row.dtype).min)
+    if attention_mask is not None:  # an additive float mask
+        return row + attention_mask
+    return row
 
 
 def guide_mask(*args: Any, **kwargs: Any) -> torch.Tensor | None:

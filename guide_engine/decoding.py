@@ -24,6 +24,7 @@ from transformers.generation.logits_process import (
 from .alignment import EncodedPrompt
 from .attention import GuideAttentionState
 from .constraints import TokenMasks
+from .kv_cache import CompiledDecoding, cache_keyword, check_prefill, static_cache_length
 from .options import AUTO_CONTRAST, AUTO_CONTRAST_DISTANCE, Contrast, FinishReason, SamplingConfig
 
 __all__ = [
@@ -182,6 +183,8 @@ def decode_steps(
     masks: TokenMasks | None = None,
     repetition_penalty: float = 1.0,
     contrast: float | Sequence[float] = 0.0,
+    compiled: CompiledDecoding | None = None,
+    context_length: int | None = None,
 ) -> Generator[torch.Tensor, None, None]:
     """Yield the next token of every row, ``(batch,)``, until ``max_new_tokens`` or all rows finish.
 
@@ -198,7 +201,14 @@ def decode_steps(
     and without Δ, each with its own cache — and the step's logits are ``l_Δ + γ (l_Δ − l_0)``;
     both copies are then fed the chosen token. A sequence gives each row its own γ (the twins run
     when any is > 0; a row with γ = 0 gets exactly ``l_Δ``).
+
+    With ``compiled``, the prompt is prefilled eagerly into a static cache of
+    :func:`~guide_engine.kv_cache.static_cache_length` positions (``context_length`` caps it) and
+    every step runs the compiled forward, with Δ as one fixed row per request; the tokens are
+    those of the eager loop.
     """
+    if max_new_tokens <= 0:
+        return
     batch = input_ids.shape[0]
     finished = torch.zeros(batch, dtype=torch.bool) if finished is None else finished
     generator = None
@@ -206,7 +216,6 @@ def decode_steps(
         generator = torch.Generator(device=input_ids.device).manual_seed(sampling.seed)
     processors = logits_processors(sampling)
     penalty = RepetitionPenaltyLogitsProcessor(repetition_penalty) if repetition_penalty != 1.0 else None
-    cache = DynamicCache(config=model.config)
     # Padding must not count as "seen": replace it by the row's first real token (the penalty
     # looks at the set of ids, so a repeat changes nothing). Batch rows then equal single rows.
     first_real = input_ids.gather(1, attention_mask.argmax(dim=1, keepdim=True))  # (batch, 1)
@@ -220,40 +229,76 @@ def decode_steps(
         twins = True  # rows [0, batch) with Δ, rows [batch, 2·batch) without
         state = state.with_plain_twins()
         input_ids, attention_mask = input_ids.repeat(2, 1), attention_mask.repeat(2, 1)
+    rows, width = input_ids.shape
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    kwargs = {"guide": state} if state is not None else {}
-    step_ids = input_ids
-    for _ in range(max_new_tokens):
+    keyword = cache_keyword(model)
+    prefill: dict[str, Any] = {"guide": state} if state is not None else {}
+    steps: dict[str, Any] = prefill
+    forward: Any = model
+    cache_len = static_cache_length(width + max_new_tokens, context_length)
+    if compiled is not None:
+        cache: Any = compiled.acquire(rows, cache_len)
+        forward = compiled.forward
+        if state is not None:
+            heads = int(model.config.num_attention_heads)
+            steps = {"guide": state.for_static_cache(cache_len, heads, model.dtype)}
+    else:
+        cache = DynamicCache(config=model.config)
+    try:
         out = model(
-            input_ids=step_ids,
+            input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=cache,
             use_cache=True,
             logits_to_keep=1,
-            **kwargs,
+            **{keyword: cache},
+            **prefill,
         )
-        logits = out.logits[:, -1, :].float()  # (batch | 2·batch, vocab)
-        if twins:
-            emphasized, plain = logits[:batch], logits[batch:]
-            logits = emphasized + gamma * (emphasized - plain)  # (batch, vocab)
-        if penalty is not None:
-            logits = penalty(seen, logits)
-        if masks is not None:
-            masks.apply(logits, finished)
-        scores = processors(seen, logits)  # type: ignore[arg-type]  # (LongTensor is a legacy alias)
-        if sampling.greedy:
-            next_ids = scores.argmax(dim=-1)
-        else:
-            probs = torch.softmax(scores, dim=-1)
-            next_ids = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-        next_ids = torch.where(finished.to(next_ids.device), torch.full_like(next_ids, pad_id), next_ids)
-        if masks is not None:
-            masks.advance(next_ids, finished)
-        yield next_ids
-        if bool(finished.all()):
-            return
-        seen = torch.cat([seen, next_ids[:, None]], dim=-1)
-        step_ids = (next_ids.repeat(2) if twins else next_ids)[:, None]
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], dim=-1)
-        position_ids = position_ids[:, -1:] + 1
+        check_prefill(model, cache, width)
+        if compiled is not None:
+            # One fixed-shape mask for every step: the prompt's padding, then ones (the causal
+            # mask hides the positions not yet written).
+            full = attention_mask.new_ones(rows, cache_len)
+            full[:, :width] = attention_mask
+            attention_mask = full
+        for step in range(max_new_tokens):
+            logits = out.logits[:, -1, :].float()  # (batch | 2·batch, vocab)
+            if twins:
+                emphasized, plain = logits[:batch], logits[batch:]
+                logits = emphasized + gamma * (emphasized - plain)  # (batch, vocab)
+            if penalty is not None:
+                logits = penalty(seen, logits)
+            if masks is not None:
+                masks.apply(logits, finished)
+            scores = processors(seen, logits)  # type: ignore[arg-type]  # (LongTensor is a legacy alias)
+            if sampling.greedy:
+                next_ids = scores.argmax(dim=-1)
+            else:
+                probs = torch.softmax(scores, dim=-1)
+                next_ids = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            next_ids = torch.where(finished.to(next_ids.device), torch.full_like(next_ids, pad_id), next_ids)
+            if masks is not None:
+                masks.advance(next_ids, finished)
+            yield next_ids
+            if bool(finished.all()) or step == max_new_tokens - 1:
+                return
+            seen = torch.cat([seen, next_ids[:, None]], dim=-1)
+            step_ids = (next_ids.repeat(2) if twins else next_ids)[:, None]
+            if compiled is None:
+                attention_mask = torch.cat([attention_mask, attention_mask.new_ones(rows, 1)], dim=-1)
+            position_ids = position_ids[:, -1:] + 1
+            out = _step(forward, compiled, step_ids, attention_mask, position_ids, {keyword: cache, **steps})
+    finally:
+        if compiled is not None:
+            compiled.release(cache, rows, cache_len)
+
+
+def _step(forward: Any, compiled: CompiledDecoding | None, ids: Any, mask: Any, positions: Any, kwargs: Any) -> Any:
+    """One decoding step's forward; a compiled step holds the engine's step lock (graphs are not re-entrant)."""
+    call = dict(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    if compiled is None:
+        return forward(**call, **kwargs)
+    with compiled.step_lock:
+        out = forward(**call, **kwargs)
+        # CUDA graphs reuse their output buffers on the next replay: keep this step's logits.
+        return type(out)(logits=out.logits.clone())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +23,7 @@ from .errors import (
     require_finite,
 )
 from .influence import InfluenceHooks, InfluenceResult, attach_hooks, compute_influence
+from .kv_cache import CompiledDecoding
 from .loading import load_model_and_tokenizer
 from .options import (
     EngineDefaults,
@@ -120,6 +121,11 @@ class GuideEngine:
         layers: ``"all"`` or the decoder-layer indices that get the bias.
         heads: ``None`` (all) or the query-head indices that get the bias.
         max_new_tokens: default generation length.
+        compile: decode with a static cache and ``torch.compile`` (CUDA graphs on a GPU), the
+            same tokens as eager decoding; ``True``, or a mapping of ``torch.compile`` options
+            (``{"mode": "max-autotune"}``). Each (batch rows, cache length) compiles once; cache
+            lengths are powers of two, so most requests reuse a compiled shape. Models with
+            sliding-window layers are refused (see docs/engine.md).
     """
 
     def __init__(
@@ -131,6 +137,7 @@ class GuideEngine:
         layers: Layers = "all",
         heads: Sequence[int] | None = None,
         max_new_tokens: int = 256,
+        compile: bool | Mapping[str, Any] = False,
     ) -> None:
         _use_guide_attention(model)
         self.model = model
@@ -156,6 +163,14 @@ class GuideEngine:
         self._template_tools: bool | None = None
         self._template_lock = threading.Lock()
         self.model.eval()
+        self.compiled: CompiledDecoding | None = None
+        """The compiled decoding step and its static caches (``compile=True``), else ``None``."""
+        if compile is not False:
+            if not isinstance(compile, (bool, Mapping)):
+                raise GuideValueError(
+                    f"compile must be True, False or a mapping of torch.compile options, got {compile!r}"
+                )
+            self.compiled = CompiledDecoding(model, compile if isinstance(compile, Mapping) else None)
 
     @classmethod
     def from_pretrained(
@@ -168,6 +183,7 @@ class GuideEngine:
         heads: Sequence[int] | None = None,
         dtype: Any = None,
         device_map: Any = None,
+        compile: bool | Mapping[str, Any] = False,
         **model_kwargs: Any,
     ) -> GuideEngine:
         """Load a model and wrap it.
@@ -181,12 +197,13 @@ class GuideEngine:
             heads: see :class:`GuideEngine`.
             dtype: torch dtype (or its name) for the weights.
             device_map: passed to transformers (``"auto"``, ``"cpu"``, a dict …).
+            compile: see :class:`GuideEngine`.
             **model_kwargs: passed to ``AutoModelForCausalLM.from_pretrained``.
         """
         loaded, tokenizer = load_model_and_tokenizer(
             model, gguf_file=gguf_file, dtype=dtype, device_map=device_map, **model_kwargs
         )
-        return cls(loaded, tokenizer, delta_mid=delta_mid, layers=layers, heads=heads)
+        return cls(loaded, tokenizer, delta_mid=delta_mid, layers=layers, heads=heads, compile=compile)
 
     # ----------------------------------------------------------------------------------- settings
 
@@ -353,6 +370,8 @@ class GuideEngine:
             masks=masks,
             repetition_penalty=request.repetition_penalty,
             contrast=[contrast_of(e, request.contrast) for e in encoded],
+            compiled=self.compiled,
+            context_length=self.context_length,
         )
 
     def _masks(self, request: RequestOptions, rows: int) -> TokenMasks | None:

@@ -23,6 +23,8 @@ from transformers import (
 )
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
+from guide_engine.kv_cache import cache_keyword
+
 REFERENCE = "guide_reference"
 VOCAB = 49152  # SmolLM2's tokenizer, so the engine can drive tiny models end to end
 
@@ -166,6 +168,8 @@ def assert_cached_decoding_matches(model, reference_model, out, cache, sequence,
         next_id = out.logits[:, -1].argmax(-1, keepdim=True)
         sequence = torch.cat([sequence, next_id], dim=-1)
         position = torch.tensor([[sequence.shape[1] - 1]])
-        out = model(input_ids=next_id, cache=cache, use_cache=True, position_ids=position, guide=state)
+        out = model(
+            input_ids=next_id, **{cache_keyword(model): cache}, use_cache=True, position_ids=position, guide=state
+        )
         full = reference_model(sequence, reference=recorder).logits[:, -1]
         torch.testing.assert_close(out.logits[:, -1], full, **tol, msg=f"decoding step {step}")

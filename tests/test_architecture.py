@@ -27,6 +27,7 @@ LAYERS = [
     "plots",
     "attention",
     "influence",
+    "kv_cache",
     "decoding",
     "loading",
     "engine",

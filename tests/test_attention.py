@@ -6,7 +6,9 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from guide_engine.attention import GuideAttentionState
+from guide_engine import attention
+from guide_engine.attention import GuideAttentionState, kernel_head_dim
+from guide_engine.kv_cache import cache_keyword
 from tests.reference import REFERENCE, Recorder, assert_cached_decoding_matches, twin
 
 SEQ = 20
@@ -69,7 +71,7 @@ def test_cached_decoding_matches_full_recompute(tiny):
     reference_model = twin(tiny, REFERENCE)
     state = GuideAttentionState(key_bias=bias)
     cache = DynamicCache(config=tiny.config)
-    out = tiny(input_ids=prompt, cache=cache, use_cache=True, guide=state)
+    out = tiny(input_ids=prompt, **{cache_keyword(tiny): cache}, use_cache=True, guide=state)
     assert_cached_decoding_matches(tiny, reference_model, out, cache, prompt, state, Recorder(bias), 12, TOL)
 
 
@@ -90,3 +92,77 @@ def test_padded_batch_rows_match_reference(tiny):
     alone_long = reference_model(long_, reference=Recorder(bias_long)).logits
     torch.testing.assert_close(batch[0, 5:], alone_short[0], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(batch[1], alone_long[0], atol=1e-4, rtol=1e-4)
+
+
+# ------------------------------------------------------------------ the width the fused kernels take
+
+
+@pytest.mark.parametrize(
+    "head_dim,device,dtype,width",
+    [
+        # CUDA, half precision: a multiple of 8 (memory-efficient's alignment, flash's too).
+        (64, "cuda", torch.bfloat16, 72),
+        (128, "cuda", torch.float16, 136),
+        (256, "cuda", torch.bfloat16, 264),  # past flash's 256, still memory-efficient
+        (80, "cuda", torch.bfloat16, 88),
+        (7, "cuda", torch.float16, 8),
+        # CUDA, float32: a multiple of 4.
+        (64, "cuda", torch.float32, 68),
+        (128, "cuda", torch.float32, 132),
+        (255, "cuda", torch.float32, 256),
+        # CPU (and any other device): head_dim + 1, measured as fast as padding there.
+        (64, "cpu", torch.float32, 65),
+        (128, "cpu", torch.bfloat16, 129),
+        (64, "mps", torch.float16, 65),
+    ],
+)
+def test_kernel_head_dim_follows_the_dispatcher(head_dim, device, dtype, width):
+    assert kernel_head_dim(head_dim, device, dtype) == width
+
+
+@pytest.mark.parametrize("head_dim", [1, 63, 64, 65, 96, 127, 128, 200, 255, 256])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_kernel_head_dim_is_the_smallest_aligned_width(head_dim, dtype):
+    width = kernel_head_dim(head_dim, "cuda", dtype)
+    alignment = 4 if dtype == torch.float32 else 8
+    assert width > head_dim and width % alignment == 0 and width - alignment <= head_dim
+
+
+@pytest.fixture
+def padded_like_cuda(monkeypatch):
+    """Force CUDA's bf16 padding (a multiple of 8) on this CPU, so q′, k′, v′ carry zero columns."""
+    real = attention.kernel_head_dim
+    widths = []
+
+    def cuda_width(head_dim, device_type, dtype):
+        widths.append(real(head_dim, "cuda", torch.bfloat16))
+        return widths[-1]
+
+    monkeypatch.setattr(attention, "kernel_head_dim", cuda_width)
+    return widths
+
+
+@torch.no_grad()
+def test_forced_padding_prefill_and_decoding_match_reference(tiny, padded_like_cuda):
+    prompt, bias = _ids(length=12), _bias(length=12, spans=((2, 5, 3.0), (8, 10, 1.5)))
+    state = GuideAttentionState(key_bias=bias)
+    cache = DynamicCache(config=tiny.config)
+    out = tiny(input_ids=prompt, use_cache=True, guide=state, **{cache_keyword(tiny): cache})
+    head_dim = tiny.config.head_dim if getattr(tiny.config, "head_dim", None) else 8
+    assert padded_like_cuda and all(w % 8 == 0 and w > head_dim for w in padded_like_cuda)
+    reference_model = twin(tiny, REFERENCE)
+    torch.testing.assert_close(out.logits, reference_model(prompt, reference=Recorder(bias)).logits, **TOL)
+    assert_cached_decoding_matches(tiny, reference_model, out, cache, prompt, state, Recorder(bias), 8, TOL)
+
+
+@torch.no_grad()
+def test_forced_padding_equals_unpadded(tiny, monkeypatch):
+    ids, bias = _ids(), _bias()
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0  # a padded row: the masked (memory-efficient) path on CUDA
+    state = GuideAttentionState(key_bias=bias, pad_offsets=torch.tensor([3]))
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    unpadded = tiny(input_ids=ids, attention_mask=mask, position_ids=position_ids, guide=state).logits
+    monkeypatch.setattr(attention, "kernel_head_dim", lambda d, device, dtype: d + 13)
+    padded = tiny(input_ids=ids, attention_mask=mask, position_ids=position_ids, guide=state).logits
+    torch.testing.assert_close(padded[0, 3:], unpadded[0, 3:], **TOL)

@@ -16,6 +16,7 @@ from transformers import DynamicCache
 from guide_engine import GuideEngine, GuideValueError, decoding
 from guide_engine.attention import GuideAttentionState
 from guide_engine.decoding import contrast_of, emphasis_distance
+from guide_engine.kv_cache import cache_keyword
 from guide_engine.options import AUTO_CONTRAST
 from tests.reference import REFERENCE, Recorder, assert_cached_decoding_matches, twin
 
@@ -64,7 +65,7 @@ def test_output_queries_match_the_reference_in_prefill_and_cached_decoding(tiny)
     reference_model = twin(tiny, REFERENCE)
     state = GuideAttentionState(key_bias=bias, query_from=11)
     cache = DynamicCache(config=tiny.config)
-    out = tiny(input_ids=prompt, cache=cache, use_cache=True, guide=state)
+    out = tiny(input_ids=prompt, **{cache_keyword(tiny): cache}, use_cache=True, guide=state)
     expected = reference_model(prompt, reference=Recorder(bias, rows_from=11)).logits
     torch.testing.assert_close(out.logits, expected, **TOL)
     every_query = reference_model(prompt, reference=Recorder(bias)).logits

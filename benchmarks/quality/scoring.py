@@ -18,6 +18,7 @@ from transformers import DynamicCache
 from guide_engine.attention import build_state
 from guide_engine.errors import GuideValueError
 from guide_engine.influence import InfluenceTracker
+from guide_engine.kv_cache import cache_keyword
 
 FRENCH_OPENING = "Voici un résumé"
 ENGLISH_OPENING = "Here is a summary"
@@ -102,12 +103,16 @@ def opening_logits(engine: Any, prompt: str, delta: float, openings: list[list[i
     kwargs = {"guide": state} if state is not None else {}
     cache = DynamicCache(config=engine.model.config)
     ids = torch.tensor([encoded.input_ids], device=device)
-    first = engine.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1, **kwargs).logits[0, -1:]
+    first = engine.model(
+        input_ids=ids, **{cache_keyword(engine.model): cache}, use_cache=True, logits_to_keep=1, **kwargs
+    ).logits[0, -1:]
     out = []
     for opening in openings:
         rest = torch.tensor([opening[:-1]], device=device)
         if rest.shape[1]:
-            later = engine.model(input_ids=rest, cache=cache, use_cache=True, **kwargs).logits[0]
+            later = engine.model(
+                input_ids=rest, **{cache_keyword(engine.model): cache}, use_cache=True, **kwargs
+            ).logits[0]
             cache.crop(-(rest.shape[1]))  # back to the prompt alone
             out.append(torch.cat([first, later]).float())
         else:
