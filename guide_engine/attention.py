@@ -122,13 +122,13 @@ class GuideAttentionState:
     step_bias: torch.Tensor | None = None
     _head_cache: dict[Any, torch.Tensor] = field(default_factory=dict, repr=False)
 
+    def applies_to(self, layer_idx: int | None) -> bool:
+        """Whether this layer gets the bias (``layers`` selects it)."""
+        return self.layers is None or layer_idx in self.layers
+
     def bias_for_layer(self, layer_idx: int | None) -> torch.Tensor | None:
         """The prompt bias if this layer is biased, else ``None``."""
-        if self.key_bias is None:
-            return None
-        if self.layers is not None and layer_idx not in self.layers:
-            return None
-        return self.key_bias
+        return self.key_bias if self.applies_to(layer_idx) else None
 
     def head_selector(self, num_heads: int, like: torch.Tensor) -> torch.Tensor:
         """``(1, heads, 1, 1)`` tensor: 1 on the biased query heads, 0 elsewhere."""
@@ -161,7 +161,8 @@ class GuideAttentionState:
         """This state with :attr:`step_bias` for decoding steps over a ``cache_len`` static cache.
 
         Decoding queries come after the prompt, so ``query_from`` selects all of them; the head
-        selection is folded into the row.
+        selection is folded into the row. The prompt-shaped fields are dropped, so the state's
+        tensors have the same shapes for every prompt length (a compiled step is not recompiled).
         """
         if self.key_bias is None:
             return self
@@ -170,7 +171,7 @@ class GuideAttentionState:
         row[:, 0, 0, :width] = self.key_bias
         if self.heads is not None:
             row = row * self.head_selector(num_heads, row)  # (batch, heads, 1, cache_len)
-        return replace(self, step_bias=row.to(dtype), _head_cache={})
+        return replace(self, key_bias=None, pad_offsets=None, query_from=None, step_bias=row.to(dtype), _head_cache={})
 
     def with_plain_twins(self) -> GuideAttentionState:
         """This state for a batch of twice the rows: the rows as they are, then the same rows without Δ."""
@@ -250,18 +251,21 @@ def guide_attention_forward(
 ) -> tuple[torch.Tensor, None]:
     """Attention with GUIDE's per-key bias; identical to stock SDPA when there is nothing to add."""
     layer_idx = getattr(module, "layer_idx", None)
-    prompt_bias = guide.bias_for_layer(layer_idx) if guide is not None else None
-    tracker = guide.influence if guide is not None else None
-    if guide is None or (prompt_bias is None and tracker is None):
+    if guide is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
-
     batch, num_heads, q_len, head_dim = query.shape
     kv_len = key.shape[2]
     scaling = head_dim**-0.5 if scaling is None else scaling
-    if q_len == 1 and tracker is None and guide.step_bias is not None and guide.step_bias.shape[-1] == kv_len:
+    step_bias = guide.step_bias
+    if q_len == 1 and step_bias is not None and step_bias.shape[-1] == kv_len and guide.applies_to(layer_idx):
         # A decoding step against a static cache: the row was built once per request.
-        row = guide.step_bias.to(query.dtype)  # (batch, 1 | heads, 1, kv_len)
+        row = step_bias.to(query.dtype)  # (batch, 1 | heads, 1, kv_len)
         return sdpa_attention_forward(module, query, key, value, _merge(row, attention_mask), scaling=scaling, **kwargs)
+    prompt_bias = guide.bias_for_layer(layer_idx)
+    tracker = guide.influence
+    if prompt_bias is None and tracker is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+
     bias = None
     if prompt_bias is not None:
         bias = keys_bias(prompt_bias, kv_len, kwargs.get("position_ids"), guide.pad_offsets)

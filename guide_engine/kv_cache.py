@@ -25,6 +25,7 @@ from .errors import GuideValueError, ModelNotSupportedError
 
 __all__ = [
     "MIN_STATIC_CACHE",
+    "RECOMPILE_LIMIT",
     "CompiledDecoding",
     "cache_keyword",
     "check_prefill",
@@ -33,6 +34,10 @@ __all__ = [
 
 MIN_STATIC_CACHE = 256
 """The shortest static cache: shorter requests share this one compiled shape."""
+
+
+RECOMPILE_LIMIT = 64
+"""dynamo's recompile limit is raised to at least this when an engine compiles."""
 
 
 def cache_keyword(model: Any) -> str:
@@ -94,6 +99,9 @@ class CompiledDecoding:
                 f"compile=True needs full-attention layers; {type(model).__name__} has sliding-window "
                 "layers, whose static cache is a ring buffer. Use compile=False for this model"
             )
+        # dynamo compiles a code object at most `recompile_limit` times (8 by default) and then runs
+        # new shapes eagerly, without a word; an engine may need more (rows × cache lengths × tagged).
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
         options = dict(options or {})
         options.setdefault("dynamic", False)
         if model.device.type == "cuda":
