@@ -67,7 +67,7 @@ from guide_engine.decoding import decode_steps  # noqa: E402
 from guide_engine.influence import InfluenceTracker, attach_hooks  # noqa: E402
 from guide_engine.kv_cache import CompiledDecoding  # noqa: E402
 from guide_engine.options import SamplingConfig  # noqa: E402
-from tests.reference import REFERENCE, Recorder, twin  # noqa: E402
+from tests.reference import REFERENCE, Recorder  # noqa: E402
 
 FUSED = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]
 GREEDY = SamplingConfig()
@@ -179,7 +179,9 @@ MODELS: dict[str, Callable[[Size], torch.nn.Module]] = {
 
 def build(name: str, size: Size, device: str, dtype: torch.dtype) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = MODELS[name](size).to(device=device, dtype=dtype).eval()
+    with torch.device(device):  # initialized where it runs: seconds, not minutes, for billions of weights
+        model = MODELS[name](size)
+    model = model.to(dtype=dtype).eval()
     model.set_attn_implementation("guide")
     return model
 
@@ -271,6 +273,16 @@ def sync(device: str) -> None:
 
 
 @contextlib.contextmanager
+def attention_implementation(model: torch.nn.Module, name: str) -> Iterator[None]:
+    """Run ``model`` with another attention implementation (same weights), then back to ``"guide"``."""
+    model.set_attn_implementation(name)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation("guide")
+
+
+@contextlib.contextmanager
 def fused_only() -> Iterator[None]:
     """Only the fused SDPA kernels may run: the math fallback raises."""
     with sdpa_kernel(FUSED):
@@ -336,14 +348,14 @@ def fused_checks(report: Report, name: str, size: Size, device: str, dtype: torc
 @torch.inference_mode()
 def reference_tokens(model: torch.nn.Module, batch: Batch, steps: int) -> list[list[int]]:
     """Greedy tokens of each row alone, by full recomputation with Δ in a dense score bias."""
-    reference = twin(model, REFERENCE)
     rows = []
     for row in range(batch.ids.shape[0]):
         start = int(batch.pads[row])
         ids, bias = batch.ids[row : row + 1, start:], batch.bias[row : row + 1, start:]
         out = []
         for _ in range(steps):
-            token = int(reference(ids, reference=Recorder(bias)).logits[0, -1].argmax())
+            with attention_implementation(model, REFERENCE):
+                token = int(model(ids, reference=Recorder(bias)).logits[0, -1].argmax())
             out.append(token)
             ids = torch.cat([ids, torch.tensor([[token]], device=ids.device)], dim=-1)
         rows.append(out)
@@ -420,7 +432,6 @@ def prefill_measures(report: Report, size: Size, device: str, dtype: torch.dtype
     for label, batch in cases.items():
         results = {}
         for variant in ("sdpa", "guide"):
-            model.set_attn_implementation(variant)
             state = {"guide": batch.state()} if variant == "guide" else {}
 
             def run(state: dict[str, Any] = state, batch: Batch = batch) -> Any:
@@ -433,8 +444,8 @@ def prefill_measures(report: Report, size: Size, device: str, dtype: torch.dtype
                         **state,
                     )
 
-            results[variant] = timed(device, run)
-        model.set_attn_implementation("guide")
+            with attention_implementation(model, variant):
+                results[variant] = timed(device, run)
         (stock_s, stock_mem), (guide_s, guide_mem) = results["sdpa"], results["guide"]
         report.measure(f"prefill {label}: stock SDPA", stock_s * 1000, "ms")
         report.measure(f"prefill {label}: GUIDE", guide_s * 1000, "ms")
@@ -484,18 +495,18 @@ def decode_measures(report: Report, size: Size, device: str, dtype: torch.dtype,
 
     eager_s = per_token(device, guide, short, long)
     compiled_s = per_token(device, lambda t: guide(t, compiled), short, long)
-    stock = twin(model, "sdpa")
 
     def stock_generate(tokens: int) -> None:
-        stock.generate(
-            batch.ids,
-            attention_mask=batch.mask,
-            max_new_tokens=tokens,
-            min_new_tokens=tokens,
-            do_sample=False,
-            cache_implementation="static",
-            pad_token_id=PAD,
-        )
+        with attention_implementation(model, "sdpa"):
+            model.generate(
+                batch.ids,
+                attention_mask=batch.mask,
+                max_new_tokens=tokens,
+                min_new_tokens=tokens,
+                do_sample=False,
+                cache_implementation="static",
+                pad_token_id=PAD,
+            )
 
     stock_s = per_token(device, stock_generate, short, long)
     judge = device == "cuda"
