@@ -16,15 +16,29 @@ Reported: medians over repetitions and ratios to (a). The logits of (b) and (c) 
 in every run (they compute the same function); at Δ = 0 all three are checked equal first.
 
     python benchmarks/overhead.py --lengths 512 2048 8000 --repeats 3 --out benchmarks/results/overhead
+
+``--shape llama3-8b`` runs Llama-3-8B's attention layout instead (random weights, hidden 4096,
+32 query and 8 key/value heads of dimension 128, ``--layers`` layers; the MLP is shrunk to 1024
+so two CPU cores can run 8k tokens, which overstates GUIDE's share, since GUIDE only touches
+attention), and its third variant is not the dense mask (32 × 8k² floats) but:
+
+* ``padded`` (c): GUIDE with q′, k′, v′ padded as on CUDA in half precision (129 → 136), to
+  see what that padding costs where it is not needed (on CPU ``kernel_head_dim`` keeps 129).
+
+    python benchmarks/overhead.py --shape llama3-8b --lengths 2048 8192 \
+        --out benchmarks/results/overhead_llama3_8b_shape
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any
+from unittest import mock
 
 import torch
 from common import BenchPrompt, build_prompt, machine_info, markdown_table, median, set_threads, timed, write_report
@@ -32,12 +46,18 @@ from transformers import AttentionInterface, DynamicCache
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 from transformers.models.llama.modeling_llama import eager_attention_forward
 
-from guide_engine import GuideEngine
+from guide_engine import GuideEngine, attention
 from guide_engine.attention import GuideAttentionState
 from guide_engine.kv_cache import cache_keyword
 
 VARIANTS = ("sdpa", "guide", "dense")
-LABELS = {"sdpa": "(a) stock SDPA", "guide": "(b) GUIDE", "dense": "(c) dense mask (eager)"}
+SHAPE_VARIANTS = {"smollm2": VARIANTS, "llama3-8b": ("sdpa", "guide", "padded")}
+LABELS = {
+    "sdpa": "(a) stock SDPA",
+    "guide": "(b) GUIDE",
+    "dense": "(c) dense mask (eager)",
+    "padded": "(c) GUIDE padded to CUDA's width",
+}
 DENSE = "dense_bias"
 CLOCKS = ("wall", "cpu")
 MEASURES = tuple(f"{phase}_{clock}" for phase in ("prefill", "step") for clock in CLOCKS)
@@ -69,7 +89,7 @@ AttentionMaskInterface.register(DENSE, eager_mask)
 
 def forward_kwargs(variant: str, bias: torch.Tensor, steps: int) -> dict[str, Any]:
     """The per-call keyword that carries Δ for ``variant`` (built once, outside the timings)."""
-    if variant == "guide":
+    if variant in ("guide", "padded"):
         return {"guide": GuideAttentionState(key_bias=bias)}
     if variant == "dense":
         return {"dense_bias": torch.nn.functional.pad(bias, (0, steps))}  # generated keys: Δ = 0
@@ -77,7 +97,38 @@ def forward_kwargs(variant: str, bias: torch.Tensor, steps: int) -> dict[str, An
 
 
 def set_variant(model: torch.nn.Module, variant: str) -> None:
-    model.set_attn_implementation({"sdpa": "sdpa", "guide": "guide", "dense": DENSE}[variant])
+    model.set_attn_implementation({"sdpa": "sdpa", "guide": "guide", "dense": DENSE, "padded": "guide"}[variant])
+
+
+@contextlib.contextmanager
+def kernel_width(variant: str) -> Iterator[None]:
+    """For ``padded``: q′, k′, v′ as wide as on CUDA in bfloat16 (a multiple of 8), on this CPU."""
+    if variant != "padded":
+        yield
+        return
+    real = attention.kernel_head_dim
+    with mock.patch.object(attention, "kernel_head_dim", lambda d, device, dtype: real(d, "cuda", torch.bfloat16)):
+        yield
+
+
+def llama3_8b_shape(layers: int) -> GuideEngine:
+    """Random weights in Llama-3-8B's attention layout, with the embedded model's tokenizer (for real text)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = GuideEngine.from_pretrained().tokenizer
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=4096,
+        intermediate_size=1024,
+        num_hidden_layers=layers,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        max_position_embeddings=131072,
+        rope_theta=500000.0,
+    )
+    torch.manual_seed(0)
+    return GuideEngine(LlamaForCausalLM(config), tokenizer)
 
 
 @torch.inference_mode()
@@ -124,14 +175,15 @@ def run_variant(model: torch.nn.Module, prompt: BenchPrompt, kwargs: dict[str, A
     return result
 
 
-def check_zero_delta(model: torch.nn.Module, prompt: BenchPrompt, steps: int) -> float:
+def check_zero_delta(model: torch.nn.Module, prompt: BenchPrompt, steps: int, variants: tuple[str, ...]) -> float:
     """At Δ = 0 the three variants compute the same logits: return the largest difference to (a)."""
     zero = torch.zeros_like(prompt.key_bias)
     logits = {}
-    for variant in VARIANTS:
+    for variant in variants:
         set_variant(model, variant)
-        logits[variant] = run_variant(model, prompt, forward_kwargs(variant, zero, steps), steps)["logits"]
-    return max(float((logits[v] - logits["sdpa"]).abs().max()) for v in ("guide", "dense"))
+        with kernel_width(variant):
+            logits[variant] = run_variant(model, prompt, forward_kwargs(variant, zero, steps), steps)["logits"]
+    return max(float((logits[v] - logits["sdpa"]).abs().max()) for v in variants[1:])
 
 
 def fmt_ms(seconds: float) -> str:
@@ -141,8 +193,9 @@ def fmt_ms(seconds: float) -> str:
 CLOCK_TITLES = {"wall": "Wall clock (medians)", "cpu": "Process CPU time (medians)"}
 
 
-def ratio_table(rows: list[dict[str, Any]], clock: str) -> str:
-    """Medians (ms) and ratios to stock SDPA, for one clock."""
+def ratio_table(rows: list[dict[str, Any]], clock: str, variants: tuple[str, ...] = VARIANTS) -> str:
+    """Medians (ms) and ratios to stock SDPA, for one clock; (a), (b), (c) are ``variants`` in order."""
+    third = variants[2]
     headers = [
         "tokens",
         "reps",
@@ -167,12 +220,12 @@ def ratio_table(rows: list[dict[str, Any]], clock: str) -> str:
             [
                 row["length"],
                 row["repeats"],
-                *(fmt_ms(m[v][p]) for v in VARIANTS),
+                *(fmt_ms(m[v][p]) for v in variants),
                 f"{m['guide'][p] / m['sdpa'][p]:.3f}",
-                f"{m['dense'][p] / m['sdpa'][p]:.3f}",
-                *(fmt_ms(m[v][st]) for v in VARIANTS),
+                f"{m[third][p] / m['sdpa'][p]:.3f}",
+                *(fmt_ms(m[v][st]) for v in variants),
                 f"{m['guide'][st] / m['sdpa'][st]:.3f}",
-                f"{m['dense'][st] / m['sdpa'][st]:.3f}",
+                f"{m[third][st] / m['sdpa'][st]:.3f}",
                 f"{row['max_abs_b_minus_c']:.1e}",
                 f"{row['max_abs_a_minus_b']:.1e}",
             ]
@@ -192,7 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--tolerance", type=float, default=1e-4, help="max |logits(b) - logits(c)| allowed")
     parser.add_argument("--out", default=None, help="write <out>.json and <out>.md")
+    parser.add_argument("--shape", choices=sorted(SHAPE_VARIANTS), default="smollm2", help="the model (see above)")
+    parser.add_argument("--layers", type=int, default=2, help="decoder layers of --shape llama3-8b")
     args = parser.parse_args(argv)
+    variants = SHAPE_VARIANTS[args.shape]
 
     set_threads(args.threads)
     info = machine_info(args.threads)
@@ -200,28 +256,30 @@ def main(argv: list[str] | None = None) -> int:
         f"# GUIDE overhead — {info['date']}, {info['cpu']}, torch {info['torch']}, "
         f"transformers {info['transformers']}, {args.threads} torch threads, load {info['load_average_at_start']}"
     )
-    engine = GuideEngine.from_pretrained()  # embedded SmolLM2-135M-Instruct, fp32 on the CPU
+    # The embedded SmolLM2-135M-Instruct, or Llama-3-8B's attention layout; fp32 on the CPU.
+    engine = GuideEngine.from_pretrained() if args.shape == "smollm2" else llama3_8b_shape(args.layers)
     model = engine.model
     print(f"model: {type(model).__name__}, {engine.num_layers} layers, dtype {model.dtype}")
 
     # Warm-up, and the Δ = 0 equality of all three variants.
     small = build_prompt(engine, 128, follow=args.steps)
-    zero_diff = check_zero_delta(model, small, args.steps)
+    zero_diff = check_zero_delta(model, small, args.steps, variants)
     print(f"Δ = 0, 128 tokens: max |logits - logits(a)| over (b), (c) = {zero_diff:.2e}")
 
     rows, checks = [], []
     for length in args.lengths:
         prompt = build_prompt(engine, length, follow=args.steps)
         repeats = args.long_repeats if args.long_repeats and length >= args.long_from else args.repeats
-        kwargs = {v: forward_kwargs(v, prompt.key_bias, args.steps) for v in VARIANTS}
-        times: dict[str, dict[str, list[float]]] = {v: {m: [] for m in MEASURES} for v in VARIANTS}
+        kwargs = {v: forward_kwargs(v, prompt.key_bias, args.steps) for v in variants}
+        times: dict[str, dict[str, list[float]]] = {v: {m: [] for m in MEASURES} for v in variants}
         for rep in range(repeats):
-            order = VARIANTS[rep % 3 :] + VARIANTS[: rep % 3]
+            order = variants[rep % 3 :] + variants[: rep % 3]
             logits = {}
             for variant in order:
                 set_variant(model, variant)
                 gc.collect()
-                result = run_variant(model, prompt, kwargs[variant], args.steps)
+                with kernel_width(variant):
+                    result = run_variant(model, prompt, kwargs[variant], args.steps)
                 for measure in MEASURES:
                     times[variant][measure].append(result[measure])
                 logits[variant] = result.pop("logits")
@@ -234,12 +292,12 @@ def main(argv: list[str] | None = None) -> int:
             check = {
                 "length": length,
                 "repetition": rep,
-                "max_abs_b_minus_c": float((logits["guide"] - logits["dense"]).abs().max()),
+                "max_abs_b_minus_c": float((logits["guide"] - logits[variants[2]]).abs().max()),
                 "max_abs_a_minus_b": float((logits["sdpa"] - logits["guide"]).abs().max()),
             }
             checks.append(check)
             del logits
-        med = {v: {k: median(t) for k, t in times[v].items()} for v in VARIANTS}
+        med = {v: {k: median(t) for k, t in times[v].items()} for v in variants}
         worst = max(c["max_abs_b_minus_c"] for c in checks if c["length"] == length)
         effect = max(c["max_abs_a_minus_b"] for c in checks if c["length"] == length)
         rows.append(
@@ -256,17 +314,19 @@ def main(argv: list[str] | None = None) -> int:
         )
         ratio = {
             v: (med[v]["prefill_wall"] / med["sdpa"]["prefill_wall"], med[v]["step_wall"] / med["sdpa"]["step_wall"])
-            for v in VARIANTS
+            for v in variants
         }
         print(
-            f"n={length}: prefill b/a {ratio['guide'][0]:.3f}, c/a {ratio['dense'][0]:.3f}; "
-            f"step b/a {ratio['guide'][1]:.3f}, c/a {ratio['dense'][1]:.3f}; "
+            f"n={length}: prefill b/a {ratio['guide'][0]:.3f}, c/a {ratio[variants[2]][0]:.3f}; "
+            f"step b/a {ratio['guide'][1]:.3f}, c/a {ratio[variants[2]][1]:.3f}; "
             f"|b-c| {worst:.2e}, |a-b| {effect:.2e}; load {rows[-1]['load_average_after']}",
             flush=True,
         )
         set_variant(model, "guide")
 
-    markdown = "\n\n".join(f"{CLOCK_TITLES[clock]}:\n\n" + ratio_table(rows, clock) for clock in CLOCKS)
+    legend = ", ".join(LABELS[v] for v in variants)
+    tables = (f"{CLOCK_TITLES[clock]}:\n\n" + ratio_table(rows, clock, variants) for clock in CLOCKS)
+    markdown = f"Model: {args.shape}, {engine.num_layers} layers. Variants: {legend}.\n\n" + "\n\n".join(tables)
     ok = all(row["max_abs_b_minus_c"] <= args.tolerance for row in rows) and zero_diff <= args.tolerance
     print()
     print(markdown)
@@ -277,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
         "zero_delta_max_abs_diff": zero_diff,
         "rows": rows,
         "checks": checks,
-        "labels": LABELS,
+        "labels": {v: LABELS[v] for v in variants},
+        "shape": args.shape,
         "equal_within_tolerance": ok,
     }
     write_report(args.out, data, markdown)
