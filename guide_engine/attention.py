@@ -64,8 +64,8 @@ def kernel_head_dim(head_dim: int, device_type: str, dtype: torch.dtype) -> int:
     attention takes any multiple of 8 up to 256, unmasked. So on CUDA ``head_dim + 1`` is rounded
     up to that alignment (257 → 264 leaves flash's limit but stays on memory-efficient attention).
     On every other device ``head_dim + 1`` is kept: on CPU the flash kernel takes any width, and
-    65 and 129 measured as fast as or faster than 68, 72, 132 or 136 (``benchmarks/overhead.py
-    --head-dims``, docs/benchmarks.md).
+    65 and 129 measured as fast as or faster than 68, 72, 132 or 136 (``benchmarks/head_dims.py``,
+    docs/benchmarks.md).
     """
     needed = head_dim + 1
     if device_type != "cuda":
