@@ -5,7 +5,7 @@ Importing the package registers the ``"guide"`` attention implementation with tr
 
 Modules, each importing only those listed before it: ``errors`` → ``tags`` → ``alignment`` →
 ``tools`` → ``options`` → ``constraints`` → ``plots`` → ``attention`` → ``influence`` →
-``decoding`` → ``loading`` → ``engine`` → ``registry`` → ``pipeline`` → ``cli`` (checked by
+``kv_cache`` → ``decoding`` → ``loading`` → ``engine`` → ``registry`` → ``pipeline`` → ``cli`` (checked by
 ``tests/test_architecture.py``).
 """
 
