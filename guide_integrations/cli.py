@@ -32,8 +32,10 @@ def serve(
 ) -> None:
     """Serve MODEL with GUIDE through vLLM's OpenAI-compatible server (listens on 127.0.0.1 unless --host).
 
-    Every further option is vLLM's and passes through unchanged: --host, --api-key, --max-model-len,
-    --tensor-parallel-size, --gpu-memory-utilization …
+    Every further option is vLLM's and passes through: --host, --max-model-len, --dtype,
+    --kv-cache-memory-bytes (on a CPU guide serve picks a budget that fits), --tensor-parallel-size …
+    Require a key with VLLM_API_KEY in the environment (--api-key works too; it is moved there and
+    never printed).
     """
     extra = list(context.args)
     if model.startswith("-"):  # no MODEL given: click took the first vLLM option for it
