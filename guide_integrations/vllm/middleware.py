@@ -3,7 +3,9 @@
 OpenAI clients send extra fields with ``extra_body={"delta_mid": 2}``; vLLM would ignore unknown
 top-level fields. This ASGI middleware (``--middleware guide_integrations.vllm.middleware.GuideBodyMiddleware``)
 moves ``delta_mid`` and ``delta_influence`` into ``chat_template_kwargs``, where the renderer reads
-them, and refuses with HTTP 400 what GUIDE cannot serve:
+them (``delta_influence`` is the Δ of ``<?->`` spans, as in ``GuideEngine.generate`` without
+``metric``: the server applies it and measures nothing), and refuses with HTTP 400 what GUIDE
+cannot serve:
 
 * a non-finite ``delta_mid``;
 * the engine's steering and measuring options (``contrast``, ``delta_queries``, ``layers``,
