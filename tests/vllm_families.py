@@ -1,8 +1,8 @@
 """Tiny random models of each family GUIDE serves on vLLM, and a transformers reference with Δ.
 
-Used by ``tests/test_vllm.py`` in the vLLM environment (transformers < 5.20 there, so the reference
-is written out here rather than taken from ``guide_engine``): explicit causal attention whose
-logits get ``+Δ_j`` on key ``j``, which is what GUIDE means (SPEC section 3).
+Used by ``tests/test_vllm.py`` in the vLLM environment. The reference is written out here rather
+than taken from ``guide_engine``, so it is independent of both implementations: explicit causal
+attention whose logits get ``+Δ_j`` on key ``j``, which is what GUIDE means (SPEC section 3).
 """
 
 from __future__ import annotations
