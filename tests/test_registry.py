@@ -76,3 +76,23 @@ def test_engines_beyond_the_recent_ones_are_freed_when_nobody_holds_them(loads):
     registry.shared_engine("org/other-0")  # least recent, not held: loaded again
     assert calls.count("org/other-0") == 2
     assert calls.count("org/held") == 1
+
+
+def test_compile_reaches_the_engine_and_keys_it(monkeypatch):
+    """``shared_engine(model, compile=True)`` (ChatGuide's ``load_kwargs``) loads a compiled engine of its own."""
+    seen: list[dict] = []
+
+    def fake_from_pretrained(folder, gguf_file=None, **options):
+        seen.append(options)
+        return FakeEngine(folder)
+
+    monkeypatch.setattr(registry.GuideEngine, "from_pretrained", staticmethod(fake_from_pretrained))
+    registry.clear_shared_engines()
+    try:
+        compiled = registry.shared_engine("org/model", compile=True)
+        eager = registry.shared_engine("org/model")
+        assert compiled is not eager
+        assert seen == [{"compile": True}, {}]
+        assert registry.shared_engine("org/model", compile=True) is compiled
+    finally:
+        registry.clear_shared_engines()
