@@ -166,3 +166,28 @@ def test_forced_padding_equals_unpadded(tiny, monkeypatch):
     monkeypatch.setattr(attention, "kernel_head_dim", lambda d, device, dtype: d + 13)
     padded = tiny(input_ids=ids, attention_mask=mask, position_ids=position_ids, guide=state).logits
     torch.testing.assert_close(padded[0, 3:], unpadded[0, 3:], **TOL)
+
+
+@torch.no_grad()
+def test_forced_padding_keeps_the_influence_column(tiny, monkeypatch):
+    """The Influence vector rides in v′'s extra column; zero columns after it change nothing."""
+    from guide_engine.influence import InfluenceTracker, attach_hooks
+
+    ids, bias = _ids(), _bias()
+    indicator = torch.zeros(1, SEQ)
+    indicator[0, 3:7] = 1
+    hooks = attach_hooks(tiny)
+    measured = []
+    try:
+        for width in (kernel_head_dim, lambda d, device, dtype: kernel_head_dim(d, "cuda", torch.bfloat16)):
+            monkeypatch.setattr(attention, "kernel_head_dim", width)
+            tracker = InfluenceTracker(indicator, "influence")
+            tiny(input_ids=ids, use_cache=False, guide=GuideAttentionState(key_bias=bias, influence=tracker))
+            measured.append(tracker.layers)
+    finally:
+        if hooks is not None:
+            hooks.release()
+    unpadded, padded = measured
+    assert sorted(padded) == sorted(unpadded) and len(unpadded) > 1
+    for layer, values in unpadded.items():
+        torch.testing.assert_close(padded[layer], values, **TOL, msg=f"layer {layer}")
