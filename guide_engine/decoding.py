@@ -26,6 +26,7 @@ from .attention import GuideAttentionState
 from .constraints import TokenMasks
 from .kv_cache import CompiledDecoding, cache_keyword, check_prefill, static_cache_length
 from .options import AUTO_CONTRAST, AUTO_CONTRAST_DISTANCE, Contrast, FinishReason, SamplingConfig
+from .tools import ToolMarkupFilter
 
 __all__ = [
     "IncrementalDetokenizer",
@@ -105,26 +106,44 @@ class IncrementalDetokenizer:
 
 
 class RowDecoder:
-    """One generated row: ids in, text that is safe to show out, with end-of-sequence and stop strings.
+    """One generated row: ids in, text that is safe to show out, with end-of-sequence, stop strings
+    and tool-call markup.
 
     Text that could still turn out to be the beginning of a stop string is held back, so a stop
-    string never reaches the caller. Each token costs time proportional to its own text plus the
-    longest stop string: the whole generation is linear in its length.
+    string never reaches the caller. Tool-call markup (``<tool_call>…</tool_call>``) never does
+    either: a :class:`~guide_engine.tools.ToolMarkupFilter` takes it out of the text and keeps it in
+    :attr:`blocks`, for the engine to read calls from or to report. Each token costs time
+    proportional to its own text plus the longest stop string and the markers: the whole
+    generation is linear in its length.
+
+    Args:
+        tokenizer: the model's tokenizer.
+        stop: stop strings.
+        eos_ids: end-of-sequence ids.
+        tool_markup: take tool-call markup out of the text (``False`` for JSON output, where
+            ``"<tool_call>"`` inside a string value is data).
 
     Attributes:
         ids: the generated ids (the end-of-sequence id included).
-        text: the text so far, cut before a stop string once one is found.
+        text: the text shown so far (cut before a stop string, without markup); the pieces add up to it.
         finish_reason: ``"stop"``, ``"length"`` or ``None`` while the row is running.
     """
 
-    def __init__(self, tokenizer: Any, stop: tuple[str, ...], eos_ids: set[int]) -> None:
+    def __init__(self, tokenizer: Any, stop: tuple[str, ...], eos_ids: set[int], *, tool_markup: bool = True) -> None:
         self.stop, self.eos_ids = stop, eos_ids
         self.detokenizer = IncrementalDetokenizer(tokenizer)
         self.ids: list[int] = []
         self.text = ""
         self.finish_reason: FinishReason | None = None
-        self._emitted = 0
+        self._markup = ToolMarkupFilter() if tool_markup else None
+        self._raw = ""  # everything decoded, cut before a stop string
+        self._released = 0  # `_raw[:_released]` has passed the stop-string hold-back
         self._hold = max((len(s) for s in stop), default=1) - 1
+
+    @property
+    def blocks(self) -> list[str]:
+        """The tool-call markup taken out of the text, in order (see :class:`~guide_engine.tools.ToolMarkupFilter`)."""
+        return self._markup.blocks if self._markup is not None else []
 
     def push(self, token_id: int) -> str:
         """Add a token; return the text that is now safe to show."""
@@ -138,23 +157,28 @@ class RowDecoder:
         """The rest of the text when decoding stops for ``reason`` (``"length"``, or ``"timeout"``)."""
         if self.finish_reason is not None:
             return ""
-        text = self._append(self.detokenizer.flush(), final=True)
+        text = self._append(self.detokenizer.flush(), final=True, cut_short=True)
         if self.finish_reason is None:  # (a stop string in the flushed text makes it "stop")
             self.finish_reason = reason
         return text
 
-    def _append(self, new_text: str, final: bool) -> str:
-        searched = len(self.text)
-        self.text += new_text
+    def _append(self, new_text: str, final: bool, cut_short: bool = False) -> str:
+        searched = len(self._raw)
+        self._raw += new_text
         # Only a stop string that ends in the new text can be new: look from `hold` chars before it.
         window_start = max(searched - self._hold, 0)
-        found = [at for at in (self.text.find(s, window_start) for s in self.stop) if at >= 0]
+        found = [at for at in (self._raw.find(s, window_start) for s in self.stop) if at >= 0]
         if found:
-            self.text = self.text[: min(found)]
+            self._raw = self._raw[: min(found)]
             self.finish_reason = "stop"
-            final = True
-        end = len(self.text) if final else max(self._emitted, len(self.text) - self._hold)
-        piece, self._emitted = self.text[self._emitted : end], max(self._emitted, end)
+            final, cut_short = True, False
+        end = len(self._raw) if final else max(self._released, len(self._raw) - self._hold)
+        piece, self._released = self._raw[self._released : end], max(self._released, end)
+        if self._markup is not None:
+            piece = self._markup.feed(piece)
+            if final:
+                piece += self._markup.finish(cut_short)
+        self.text += piece
         return piece
 
 

@@ -35,7 +35,7 @@ from .options import (
     check_positive_int,
     request_options,
 )
-from .tools import ToolCall, has_tool_traffic, prepare_messages, split_tool_calls, template_uses_tools
+from .tools import ToolCall, has_tool_traffic, parse_tool_call, prepare_messages, template_uses_tools
 
 __all__ = ["GenerationResult", "GenerationStream", "GuideEngine"]
 
@@ -45,7 +45,8 @@ class GenerationResult:
     """The outcome of one request.
 
     Attributes:
-        text: the generated text (cut before a stop string, if one was hit).
+        text: the generated text (cut before a stop string, if one was hit), never with tool-call
+            markup in it: see ``tool_calls`` and ``dropped_markup``.
         prompt_tokens: number of prompt tokens.
         completion_tokens: number of generated tokens (the end-of-sequence token included).
         finish_reason: ``"stop"`` (end of sequence or a stop string), ``"length"``,
@@ -56,8 +57,13 @@ class GenerationResult:
         prompt_text: the rendered prompt the model saw (tags removed).
         influence: Influence or rollout of the ``<?->`` span when a metric was asked for.
         tool_calls: the calls the model made (empty when none); ``text`` is then what is outside them.
+            Only a request that may call tools (``tools`` given, ``tool_choice`` not ``"none"``) has calls.
         parsed: the parsed JSON value for a JSON ``response_format`` (``None`` otherwise, or when the
             output was cut short by ``max_new_tokens``).
+        dropped_markup: tool-call markup taken out of ``text`` that is not in ``tool_calls``: every
+            ``<tool_call>…</tool_call>`` block of a request that may not call tools (no tools, or
+            ``tool_choice="none"``), a call cut short (by ``max_new_tokens``, a stop string, the
+            timeout), and a marker cut in the middle at the end of an answer cut short (``"<tool"``).
     """
 
     text: str
@@ -70,6 +76,7 @@ class GenerationResult:
     influence: InfluenceResult | None = field(default=None, repr=False)
     tool_calls: list[ToolCall] = field(default_factory=list)
     parsed: Any = None
+    dropped_markup: list[str] = field(default_factory=list)
 
 
 class GenerationStream:
@@ -289,7 +296,8 @@ class GuideEngine:
     def stream(self, prompt: Prompt, **options: Any) -> GenerationStream:
         """Like :meth:`generate`, but yields text pieces as tokens are produced.
 
-        Tool calls stream as their raw ``<tool_call>…</tool_call>`` text; ``.result`` has them parsed.
+        The pieces add up to ``.result.text``: tool-call markup is never streamed (``.result`` has the
+        calls, parsed, and ``dropped_markup``).
         """
         request = self.request_options(**options)
         deadline = _deadline(request)
@@ -303,7 +311,7 @@ class GuideEngine:
         request = self.request_options(**options)
         deadline = _deadline(request)
         encoded = [self._encode_checked(p, request) for p in prompts]
-        decoders = [RowDecoder(self.tokenizer, request.stop, self.eos_ids) for _ in encoded]
+        decoders = [self._row_decoder(request) for _ in encoded]
         finished = torch.zeros(len(encoded), dtype=torch.bool)
         steps = self._steps(encoded, request, finished)
         try:
@@ -326,7 +334,7 @@ class GuideEngine:
     def _stream_pieces(
         self, encoded: EncodedPrompt, request: RequestOptions, deadline: float | None
     ) -> Generator[str, None, GenerationResult]:
-        decoder = RowDecoder(self.tokenizer, request.stop, self.eos_ids)
+        decoder = self._row_decoder(request)
         finished = torch.zeros(1, dtype=torch.bool)
         steps = self._steps([encoded], request, finished)
         try:
@@ -380,17 +388,25 @@ class GuideEngine:
             return None
         return self.grammars.masks([self.grammars.matcher(grammar) for _ in range(rows)])
 
+    def _row_decoder(self, request: RequestOptions) -> RowDecoder:
+        # JSON output keeps "<tool_call>" inside a string value: it is data there, not markup.
+        return RowDecoder(self.tokenizer, request.stop, self.eos_ids, tool_markup=request.response_format is None)
+
     def _result(self, encoded: EncodedPrompt, decoder: RowDecoder, request: RequestOptions) -> GenerationResult:
         decoder.finish()
         finish_reason: FinishReason = decoder.finish_reason or "length"
         influence = None
         if request.metric is not None and finish_reason != "timeout":
             influence = compute_influence(self.model, self.tokenizer, encoded, decoder.ids, request)
-        text, calls, parsed = decoder.text, list[ToolCall](), None
-        if request.calls_tools:
-            text, calls = split_tool_calls(text)
-            if calls and finish_reason == "stop":
-                finish_reason = "tool_calls"
+        text, calls, dropped, parsed = decoder.text, list[ToolCall](), list[str](), None
+        for block in decoder.blocks:
+            call = parse_tool_call(block) if request.calls_tools else None
+            if call is None:
+                dropped.append(block)
+            else:
+                calls.append(call)
+        if calls and finish_reason == "stop":
+            finish_reason = "tool_calls"
         if request.response_format is not None:
             try:
                 parsed = json.loads(text)
@@ -407,6 +423,7 @@ class GuideEngine:
             influence=influence,
             tool_calls=calls,
             parsed=parsed,
+            dropped_markup=dropped,
         )
 
     def _render(self, prompt: Prompt, request: RequestOptions) -> EncodedPrompt:

@@ -23,14 +23,15 @@ __all__ = [
     "TOOL_CALL_OPEN",
     "TOOL_CHOICES",
     "ToolCall",
+    "ToolMarkupFilter",
     "ToolSpec",
     "check_tool_choice",
     "check_tools",
     "fallback_tool_text",
     "has_tool_traffic",
     "new_call_id",
+    "parse_tool_call",
     "prepare_messages",
-    "split_tool_calls",
     "template_uses_tools",
 ]
 
@@ -43,7 +44,6 @@ TOOL_CHOICES = ("auto", "none", "required")
 
 NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}, "additionalProperties": False}
 _NAME_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
-_CALL_RE = re.compile(re.escape(TOOL_CALL_OPEN) + r"(.*?)" + re.escape(TOOL_CALL_CLOSE), re.DOTALL)
 
 FALLBACK_HEADER = (
     "You can call these tools. To call one, answer with\n"
@@ -266,27 +266,122 @@ def _call_dict(call: Any) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------- reading
 
 
-def split_tool_calls(text: str) -> tuple[str, list[ToolCall]]:
-    """The text outside the calls (stripped) and the well-formed calls in ``text``.
+def parse_tool_call(block: str) -> ToolCall | None:
+    """The call in one ``<tool_call>{"name": str, "arguments": {...}}</tool_call>`` block, or ``None``.
 
-    A block that does not parse as ``{"name": str, "arguments": {...}}`` (cut short by
-    ``max_new_tokens``, say) stays in the text.
+    ``None`` for anything else: a block cut short (no closing marker), a body that is not JSON or
+    not of that shape.
     """
-    calls: list[ToolCall] = []
-    outside: list[str] = []
-    cursor = 0
-    for match in _CALL_RE.finditer(text):
-        try:
-            body = json.loads(match.group(1))
-        except json.JSONDecodeError:
-            continue
-        if not (isinstance(body, dict) and isinstance(body.get("name"), str)):
-            continue
-        arguments = body.get("arguments", {})
-        if not isinstance(arguments, dict):
-            continue
-        outside.append(text[cursor : match.start()])
-        cursor = match.end()
-        calls.append(ToolCall(new_call_id(), body["name"], arguments))
-    outside.append(text[cursor:])
-    return "".join(outside).strip() if calls else text, calls
+    if not (block.startswith(TOOL_CALL_OPEN) and block.endswith(TOOL_CALL_CLOSE)):
+        return None
+    try:
+        body = json.loads(block[len(TOOL_CALL_OPEN) : -len(TOOL_CALL_CLOSE)])
+    except json.JSONDecodeError:
+        return None
+    if not (isinstance(body, dict) and isinstance(body.get("name"), str)):
+        return None
+    arguments = body.get("arguments", {})
+    if not isinstance(arguments, dict):
+        return None
+    return ToolCall(new_call_id(), body["name"], arguments)
+
+
+class ToolMarkupFilter:
+    """Generated text in, the same text without tool-call markup out, piece by piece.
+
+    Every ``<tool_call>…</tool_call>`` block (and one left open at the end) is taken out of the
+    text and kept in :attr:`blocks`, whether or not the request may call tools: the caller decides
+    what a block becomes (a call, an invalid call, or markup that is only reported). Whitespace
+    next to a block goes with it, except between two pieces of text:
+    ``"Sure.\n<tool_call>…</tool_call>\n"`` shows ``"Sure."``, ``"A <tool_call>…</tool_call> B"``
+    shows ``"A B"``.
+
+    While text may still turn into a block it is held back: the end of a piece that could be the
+    start of ``<tool_call>``, and trailing whitespace (a block may follow it). The pieces therefore
+    add up to :attr:`text`, and each piece costs time proportional to its own length and the
+    markers' (a run of blanks is held back whole).
+
+    Attributes:
+        text: the text shown so far (after :meth:`finish`: all of it).
+        blocks: the markup taken out, in order; a block cut short lacks ``</tool_call>``, and at
+            the end of an answer cut short a lone beginning of the marker (``"<tool"``) is a block too.
+    """
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.blocks: list[str] = []
+        self._space = ""  # held-back whitespace, outside a block
+        self._tail = ""  # held-back text that may start the opening marker, outside a block
+        self._block: list[str] | None = None  # inside a block: its pieces so far
+        self._block_end = ""  # inside a block: its last characters, where a closing marker may have begun
+        self._after_block = False  # a block came last (blanks at most since)
+
+    def feed(self, new: str) -> str:
+        """Add generated text; return the part that is now safe to show."""
+        text, self._tail = self._tail + new, ""
+        shown = "".join(self._scan(text))
+        self.text += shown
+        return shown
+
+    def finish(self, cut_short: bool = False) -> str:
+        """The held-back text at the end of the answer.
+
+        ``cut_short``: the answer ended early (``max_new_tokens``, a timeout), so a trailing
+        beginning of the marker is a call that was starting, not text.
+        """
+        shown = ""
+        if self._block is not None:
+            self.blocks.append("".join(self._block))
+        elif self._tail and cut_short:
+            self.blocks.append(self._tail)
+        elif not self._after_block or self._tail:
+            shown = self._space + self._tail
+        self._space, self._tail, self._block, self._block_end = "", "", None, ""
+        self.text += shown
+        return shown
+
+    def _scan(self, text: str) -> list[str]:
+        shown: list[str] = []
+        while text:
+            if self._block is not None:
+                window = self._block_end + text
+                at = window.find(TOOL_CALL_CLOSE)
+                if at < 0:
+                    self._block.append(text)
+                    self._block_end = window[-(len(TOOL_CALL_CLOSE) - 1) :]
+                    return shown
+                end = at + len(TOOL_CALL_CLOSE) - len(self._block_end)  # in `text`
+                self.blocks.append("".join(self._block) + text[:end])
+                self._block, self._block_end, self._after_block = None, "", True
+                text = text[end:]
+                continue
+            if self._after_block and not (self.text or shown):
+                text = text.lstrip()  # blanks after a block at the start of the answer
+                if not text:
+                    return shown
+            at = text.find(TOOL_CALL_OPEN)
+            if at >= 0:
+                before = text[:at].rstrip()
+                if before:
+                    shown.append(self._space + before)
+                self._space, self._block = "", []
+                text = text[at:]
+                continue
+            keep = _marker_start_length(text)
+            body, self._tail = text[: len(text) - keep], text[len(text) - keep :]
+            stripped = body.rstrip()
+            if stripped:
+                shown.append(self._space + stripped)
+                self._space, self._after_block = body[len(stripped) :], False
+            else:
+                self._space += body
+            return shown
+        return shown
+
+
+def _marker_start_length(text: str) -> int:
+    """Length of the longest end of ``text`` that is a proper beginning of ``<tool_call>``."""
+    for length in range(min(len(text), len(TOOL_CALL_OPEN) - 1), 0, -1):
+        if TOOL_CALL_OPEN.startswith(text[-length:]):
+            return length
+    return 0

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from guide_engine import GuideEngine, GuideError, escape_tags, parse_tags
 from guide_engine.errors import GuideValueError
 from tests.reference import tiny_model
+from tests.scripted import CALL, scripted_engine
 
 pytest.importorskip(
     "llama_index.core", reason="needs the llama-index extra: pip install 'guide-attention[llama-index]'"
@@ -32,7 +33,6 @@ from llama_index.core.llms.function_calling import FunctionCallingLLM  # noqa: E
 from llama_index.core.tools import FunctionTool  # noqa: E402
 
 from guide_integrations.llama_index import GuideLLM  # noqa: E402
-from guide_integrations.llama_index.base import _visible  # noqa: E402
 from guide_integrations.llama_index.messages import engine_messages, escape_end_user_texts  # noqa: E402
 from guide_integrations.llama_index.options import GENERATE_KWARGS, from_generate_kwargs  # noqa: E402
 
@@ -241,11 +241,33 @@ def test_end_user_texts_are_escaped_wherever_they_appear_and_never_raise():
     assert escape_end_user_texts(prompt, ["not there <-!>"]) == prompt
 
 
-def test_tool_markup_is_held_back_while_streaming():
-    assert _visible("Sure. <tool_call>{") == "Sure. "
-    assert _visible("Sure. <tool_") == "Sure. "
-    assert _visible("a < b") == "a < b"
-    assert _visible("x <") == "x "
+ROUND_TRIP = [
+    ChatMessage(role="user", content="Weather in Paris?"),
+    ChatMessage(
+        role="assistant",
+        content="",
+        additional_kwargs={
+            "tool_calls": [{"id": "call_1", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]
+        },
+    ),
+    ChatMessage(role="tool", content="18 C, sunny", additional_kwargs={"tool_call_id": "call_1"}),
+]
+
+
+@pytest.mark.parametrize("tools", [{}, {"tool_choice": "none"}], ids=["no tools", "tool_choice=none"])
+def test_markup_the_model_may_not_call_is_reported_never_content(smol_tokenizer, tools):
+    if tools:
+        tools = {"tools": [BY_NAME["get_weather"].metadata.to_openai_tool(skip_length_check=True)], **tools}
+    llm = GuideLLM(engine=scripted_engine(smol_tokenizer, "It is sunny.\n" + CALL), max_new_tokens=60)
+    response = llm.chat(ROUND_TRIP, **tools)
+    assert (response.message.content, response.message.additional_kwargs) == ("It is sunny.", {})
+    assert response.additional_kwargs["dropped_markup"] == response.raw["guide"]["dropped_markup"] == [CALL]
+    responses = list(llm.stream_chat(ROUND_TRIP, **tools))
+    assert "".join(r.delta for r in responses) == responses[-1].message.content == "It is sunny."
+    assert all("<tool" not in r.message.content for r in responses)
+    assert responses[-1].additional_kwargs["dropped_markup"] == [CALL]
+    completion = llm.complete("Weather in Paris?")
+    assert (completion.text, completion.additional_kwargs["dropped_markup"]) == ("It is sunny.", [CALL])
 
 
 def test_tokenize_counts_visible_text_with_the_models_tokenizer(tiny, smol_tokenizer):

@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from guide_engine import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, GuideEngine, GuideValueError
-from guide_engine.tools import FALLBACK_HEADER, split_tool_calls
+from guide_engine.decoding import RowDecoder
+from guide_engine.tools import FALLBACK_HEADER, ToolMarkupFilter, parse_tool_call
 from tests.reference import tiny_model
 from tests.schema_check import errors
+from tests.scripted import AFTER_A_TOOL, CALL, scripted_engine
 
 WEATHER = {
     "type": "function",
@@ -59,11 +61,14 @@ def engine(smol_tokenizer):
 
 
 def check_calls(result, names=None):
+    assert result.text == "", result  # calls only: no text, and never their markup
     if result.finish_reason == "length":  # calls may follow each other: only the last one may be cut short
-        assert (TOOL_CALL_OPEN + "{").startswith(result.text[:12]), result  # a cut call (or nothing) is left
-        assert TOOL_CALL_CLOSE not in result.text, result
+        assert len(result.dropped_markup) <= 1, result
+        for markup in result.dropped_markup:
+            assert markup.startswith(TOOL_CALL_OPEN) or TOOL_CALL_OPEN.startswith(markup), result
+            assert TOOL_CALL_CLOSE not in markup, result
     else:
-        assert result.finish_reason == "tool_calls" and result.text == "", result
+        assert result.finish_reason == "tool_calls" and result.dropped_markup == [], result
     assert result.tool_calls
     for call in result.tool_calls:
         assert ID_RE.fullmatch(call.id)
@@ -107,12 +112,15 @@ def test_none_shows_the_tools_but_parses_nothing(engine):
     assert result.token_ids == engine.generate("Hi", tools=TOOLS, tool_choice="none", max_new_tokens=5).token_ids
 
 
-def test_stream_yields_the_markup_and_the_result_has_the_calls(engine):
-    stream = engine.stream("Add.", tools=TOOLS, tool_choice="add", max_new_tokens=80, temperature=1.0, seed=1)
-    raw = "".join(stream)
-    assert raw.startswith(TOOL_CALL_OPEN) and raw.rstrip().endswith(TOOL_CALL_CLOSE)
+def test_stream_never_yields_the_markup_and_the_result_has_the_calls(engine):
+    options = {"tools": TOOLS, "tool_choice": "add", "max_new_tokens": 80, "temperature": 1.0, "seed": 1}
+    stream = engine.stream("Add.", **options)
+    assert list(stream) == []  # the answer is one call: no text at all
     check_calls(stream.result, names=["add"])
-    assert split_tool_calls(raw)[1][0].arguments == stream.result.tool_calls[0].arguments
+    reference = engine.generate("Add.", **options)
+    assert stream.result.token_ids == reference.token_ids
+    assert stream.result.tool_calls[0].arguments == reference.tool_calls[0].arguments
+    assert stream.result.dropped_markup == reference.dropped_markup == []
 
 
 def test_fallback_rendering_keeps_developer_spans_and_escapes_tool_text(engine, smol_tokenizer):
@@ -172,19 +180,98 @@ def test_a_template_with_tools_renders_them_itself(smol_tokenizer):
     check_calls(result, names=["add"])
 
 
-def test_split_tool_calls_keeps_broken_blocks_as_text():
-    text = (
-        "Sure. "
-        + TOOL_CALL_OPEN
-        + '{"name": "add", "arguments": {"a": 1, "b": 2}}'
-        + TOOL_CALL_CLOSE
-        + TOOL_CALL_OPEN
-        + '{"name": "add", "arg'
-    )
-    outside, calls = split_tool_calls(text)
-    assert [(c.name, c.arguments) for c in calls] == [("add", {"a": 1, "b": 2})]
-    assert outside == "Sure. " + TOOL_CALL_OPEN + '{"name": "add", "arg'
-    assert split_tool_calls("no calls") == ("no calls", [])
+def test_parse_tool_call_reads_only_whole_well_formed_blocks():
+    block = TOOL_CALL_OPEN + '{"name": "add", "arguments": {"a": 1, "b": 2}}' + TOOL_CALL_CLOSE
+    call = parse_tool_call(block)
+    assert call is not None and (call.name, call.arguments) == ("add", {"a": 1, "b": 2})
+    assert ID_RE.fullmatch(call.id)
+    for broken in [
+        TOOL_CALL_OPEN + '{"name": "add", "arg',  # cut short
+        TOOL_CALL_OPEN + "not json" + TOOL_CALL_CLOSE,
+        TOOL_CALL_OPEN + '{"arguments": {}}' + TOOL_CALL_CLOSE,  # no name
+        TOOL_CALL_OPEN + '{"name": "add", "arguments": [1]}' + TOOL_CALL_CLOSE,
+        "<tool",
+    ]:
+        assert parse_tool_call(broken) is None, broken
+
+
+@pytest.mark.parametrize(
+    ("text", "cut_short", "shown", "blocks"),
+    [
+        (CALL, False, "", [CALL]),
+        ("Sure.\n" + CALL + "\n", False, "Sure.", [CALL]),  # blanks next to a block go with it
+        (CALL + "\n\nIt is sunny.", False, "It is sunny.", [CALL]),
+        ("A " + CALL + " B", False, "A B", [CALL]),
+        (CALL + CALL, False, "", [CALL, CALL]),
+        ("Hi " + CALL[:30], True, "Hi", [CALL[:30]]),  # cut by max_new_tokens: markup, never text
+        ("Hi " + CALL[:30], False, "Hi", [CALL[:30]]),  # a block left open is markup however it ends
+        ("Sure. <tool", True, "Sure.", ["<tool"]),  # a marker cut in the middle
+        ("a <tool", False, "a <tool", []),  # ... but text when the model ended there itself
+        ("a < b <b> c", False, "a < b <b> c", []),
+        ("  lead and trail \n", False, "  lead and trail \n", []),
+    ],
+)
+def test_markup_filter_takes_blocks_out_whatever_the_pieces(text, cut_short, shown, blocks):
+    for size in range(1, len(text) + 1):  # every piece size, from one character up to all at once
+        markup = ToolMarkupFilter()
+        pieces = [markup.feed(text[i : i + size]) for i in range(0, len(text), size)]
+        pieces.append(markup.finish(cut_short))
+        assert ("".join(pieces), markup.text, markup.blocks) == (shown, shown, blocks), size
+        assert not any("<tool_call" in piece for piece in pieces)
+
+
+def test_row_decoder_streams_no_markup_and_holds_back_only_what_may_be_markup(smol_tokenizer):
+    text = "Sure, I will check.\n" + CALL
+    ids = smol_tokenizer(text, add_special_tokens=False)["input_ids"]
+    decoder = RowDecoder(smol_tokenizer, stop=(), eos_ids={smol_tokenizer.eos_token_id})
+    pieces = [decoder.push(i) for i in [*ids, smol_tokenizer.eos_token_id]]
+    assert "".join(pieces) == decoder.text == "Sure, I will check."
+    assert decoder.blocks == [CALL] and decoder.finish_reason == "stop"
+    first = next(n for n, piece in enumerate(pieces) if piece)
+    assert first < len(smol_tokenizer("Sure, I", add_special_tokens=False)["input_ids"])  # plain text is not delayed
+    raw = RowDecoder(smol_tokenizer, stop=(), eos_ids=set(), tool_markup=False)
+    assert "".join(raw.push(i) for i in ids) + raw.finish() == text  # JSON output: markup is data
+
+
+def test_a_stop_string_inside_a_call_leaves_it_cut_short(smol_tokenizer):
+    ids = smol_tokenizer("Ok " + CALL, add_special_tokens=False)["input_ids"]
+    decoder = RowDecoder(smol_tokenizer, stop=("Paris",), eos_ids=set())
+    pieces = []
+    for i in ids:
+        pieces.append(decoder.push(i))
+        if decoder.finish_reason is not None:
+            break
+    assert "".join(pieces) == decoder.text == "Ok" and decoder.finish_reason == "stop"
+    assert decoder.blocks == [CALL[: CALL.index("Paris")]]
+
+
+@pytest.mark.parametrize("options", [{}, {"tools": TOOLS, "tool_choice": "none"}], ids=["no tools", "tool_choice=none"])
+def test_markup_a_request_may_not_call_is_dropped_and_reported(smol_tokenizer, options):
+    engine = scripted_engine(smol_tokenizer, "It is sunny.\n" + CALL)
+    stream = engine.stream(AFTER_A_TOOL, max_new_tokens=60, **options)
+    pieces = list(stream)
+    result = stream.result
+    assert (result.text, result.tool_calls, result.dropped_markup) == ("It is sunny.", [], [CALL])
+    assert "".join(pieces) == result.text and result.finish_reason == "stop"
+    assert engine.generate(AFTER_A_TOOL, max_new_tokens=60, **options).text == "It is sunny."
+    (row,) = engine.generate_batch([AFTER_A_TOOL], max_new_tokens=60, **options)
+    assert (row.text, row.dropped_markup) == ("It is sunny.", [CALL])
+
+
+def test_a_call_cut_short_is_never_text(smol_tokenizer):
+    engine = scripted_engine(smol_tokenizer, CALL)
+    budget = len(smol_tokenizer(CALL[:25], add_special_tokens=False)["input_ids"])
+    result = engine.generate("Weather?", max_new_tokens=budget)
+    assert (result.text, result.finish_reason, result.tool_calls) == ("", "length", [])
+    (markup,) = result.dropped_markup
+    assert markup.startswith(TOOL_CALL_OPEN) and CALL.startswith(markup)
+
+
+def test_json_output_keeps_markup_inside_a_string(smol_tokenizer):
+    answer = '{"note": "' + TOOL_CALL_OPEN + '"}'
+    engine = scripted_engine(smol_tokenizer, answer)
+    result = engine.generate("x", response_format={"type": "json_object"}, max_new_tokens=30)
+    assert (result.text, result.parsed, result.dropped_markup) == (answer, {"note": TOOL_CALL_OPEN}, [])
 
 
 @pytest.mark.parametrize(

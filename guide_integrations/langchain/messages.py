@@ -41,7 +41,6 @@ from ..core import escape_untrusted_value, token_usage
 
 __all__ = [
     "MessageError",
-    "ToolCallStreamFilter",
     "escape_documents",
     "escape_untrusted",
     "escaped_by_chat_guide",
@@ -201,12 +200,17 @@ def usage(result: GenerationResult) -> UsageMetadata:
 
 
 def response_metadata(result: GenerationResult, model_name: str) -> dict[str, Any]:
-    """Model name, finish reason and the spans that were applied, each with its Δ."""
-    return {
+    """Model name, finish reason and the spans that were applied, each with its Δ; and
+    ``dropped_markup`` when tool-call markup was taken out of the text (see
+    :attr:`~guide_engine.GenerationResult.dropped_markup`)."""
+    metadata: dict[str, Any] = {
         "model_name": model_name,
         "finish_reason": result.finish_reason,
         "spans": [span.to_dict() for span in result.spans],
     }
+    if result.dropped_markup:
+        metadata["dropped_markup"] = list(result.dropped_markup)
+    return metadata
 
 
 def tool_calls(result: GenerationResult) -> list[ToolCall]:
@@ -214,37 +218,26 @@ def tool_calls(result: GenerationResult) -> list[ToolCall]:
     return [tool_call(name=call.name, args=dict(call.arguments), id=call.id) for call in result.tool_calls]
 
 
-def split_markup(text: str) -> tuple[str, str]:
-    """``text`` as (what to show, unfinished tool-call markup): a call cut short is never content.
-
-    The engine leaves a call it could not read (cut by ``max_tokens``) in the text; it goes to
-    ``invalid_tool_calls`` instead, and a marker cut in the middle (``"<tool"``) is dropped.
-    """
-    at = text.find(TOOL_CALL_OPEN)
-    if at >= 0:
-        return text[:at].rstrip(), text[at:]
-    keep = _partial_marker_length(text, TOOL_CALL_OPEN)
-    return (text[:-keep].rstrip(), text[-keep:]) if keep else (text, "")
-
-
 def to_ai_message(result: GenerationResult, model_name: str, *, may_call_tools: bool = False) -> AIMessage:
-    """The whole answer as one message: its text outside tool calls, and the calls."""
-    content, markup = split_markup(result.text) if may_call_tools else (result.text, "")
+    """The whole answer as one message: its text (never tool-call markup), and the calls."""
     return AIMessage(
-        content=content,
+        content=result.text,
         tool_calls=tool_calls(result),
-        invalid_tool_calls=invalid_tool_calls(markup, result),
+        invalid_tool_calls=invalid_tool_calls(result) if may_call_tools else [],
         usage_metadata=usage(result),
         response_metadata=response_metadata(result, model_name),
     )
 
 
-def invalid_tool_calls(markup: str, result: GenerationResult) -> list[InvalidToolCall]:
-    """An unfinished call as LangChain's ``InvalidToolCall`` (none for a marker cut in the middle)."""
-    if not markup.startswith(TOOL_CALL_OPEN):
-        return []
+def cut_calls(result: GenerationResult) -> list[str]:
+    """The calls the model began but did not finish (cut by ``max_tokens``), as their markup."""
+    return [markup for markup in result.dropped_markup if markup.startswith(TOOL_CALL_OPEN)]
+
+
+def invalid_tool_calls(result: GenerationResult) -> list[InvalidToolCall]:
+    """Each unfinished call as LangChain's ``InvalidToolCall`` (none for a marker cut in the middle)."""
     error = f"tool call cut short (finish_reason {result.finish_reason!r}); raise max_tokens"
-    return [invalid_tool_call(name=None, args=markup, id=None, error=error)]
+    return [invalid_tool_call(name=None, args=markup, id=None, error=error) for markup in cut_calls(result)]
 
 
 def tool_call_chunks(result: GenerationResult) -> list[AIMessageChunk]:
@@ -261,12 +254,14 @@ def tool_call_chunks(result: GenerationResult) -> list[AIMessageChunk]:
 
 
 def unfinished_call_chunks(result: GenerationResult) -> list[AIMessageChunk]:
-    """A call cut short, as a chunk whose arguments do not parse: it sums to an ``invalid_tool_calls`` entry."""
-    _, markup = split_markup(result.text)
-    if not markup.startswith(TOOL_CALL_OPEN):
-        return []
-    chunk = tool_call_chunk(name=None, args=markup, id=None, index=len(result.tool_calls))
-    return [AIMessageChunk(content="", tool_call_chunks=[chunk])]
+    """Each call cut short, as a chunk whose arguments do not parse: it sums to an ``invalid_tool_calls`` entry."""
+    return [
+        AIMessageChunk(
+            content="",
+            tool_call_chunks=[tool_call_chunk(name=None, args=markup, id=None, index=len(result.tool_calls) + n)],
+        )
+        for n, markup in enumerate(cut_calls(result))
+    ]
 
 
 def final_chunk(result: GenerationResult, model_name: str) -> AIMessageChunk:
@@ -280,46 +275,3 @@ def final_chunk(result: GenerationResult, model_name: str) -> AIMessageChunk:
         response_metadata=response_metadata(result, model_name),
         chunk_position="last",
     )
-
-
-class ToolCallStreamFilter:
-    """Passes streamed text through, holding back tool-call markup (``<tool_call>…``).
-
-    The engine streams raw text, markup included. Text before the first opening marker goes out as
-    it comes, less any tail that could still become the marker; from the marker on, nothing is
-    shown: the calls come whole from the result (:func:`tool_call_chunks`), and :meth:`rest` gives
-    the result's remaining plain text, so the streamed content adds up to ``result.text``.
-    """
-
-    def __init__(self) -> None:
-        self._pending = ""
-        self._sent = ""
-        self._in_markup = False
-
-    def feed(self, piece: str) -> str:
-        """The part of ``piece`` that can be shown now ("" while markup may be starting)."""
-        if self._in_markup:
-            return ""
-        self._pending += piece
-        at = self._pending.find(TOOL_CALL_OPEN)
-        if at >= 0:
-            shown, self._pending, self._in_markup = self._pending[:at], "", True
-        else:
-            keep = _partial_marker_length(self._pending, TOOL_CALL_OPEN)
-            cut = len(self._pending) - keep
-            shown, self._pending = self._pending[:cut], self._pending[cut:]
-        self._sent += shown
-        return shown
-
-    def rest(self, result: GenerationResult) -> str:
-        """The result's text not shown yet (held-back text that was no marker after all)."""
-        content, _ = split_markup(result.text)
-        return content[len(self._sent) :] if content.startswith(self._sent) else ""
-
-
-def _partial_marker_length(text: str, marker: str) -> int:
-    """Length of the longest end of ``text`` that is a proper beginning of ``marker``."""
-    for length in range(min(len(text), len(marker) - 1), 0, -1):
-        if marker.startswith(text[-length:]):
-            return length
-    return 0
