@@ -27,7 +27,6 @@ from ..core import MetricName, astream_pieces, model_display_name
 from . import batching
 from .callbacks import INFLUENCE_EVENT
 from .messages import (
-    ToolCallStreamFilter,
     final_chunk,
     to_ai_message,
     to_engine_prompt,
@@ -312,21 +311,16 @@ class ChatGuide(RunAwareChatModel):
         events = RunEvents.of_run(run_manager) if run_manager is not None else take_run_events()
         request = build_request(self, messages, stop, kwargs, measure=_listening(events))
         stream = _open_stream(request)
-        markup = ToolCallStreamFilter() if request.may_call_tools else None
         try:
-            for piece in stream:
-                text = markup.feed(piece) if markup is not None else piece
-                if text:
-                    chunk = _text_chunk(text)
-                    if run_manager is not None:
-                        run_manager.on_llm_new_token(text, chunk=chunk)
-                    yield chunk
+            for piece in stream:  # never tool-call markup: the engine holds it back
+                chunk = _text_chunk(piece)
+                if run_manager is not None:
+                    run_manager.on_llm_new_token(piece, chunk=chunk)
+                yield chunk
         finally:
             stream.close()  # a consumer that stops early stops the model at once
         result = _finished(stream)
-        for chunk in _closing_chunks(result, markup):
-            if run_manager is not None and chunk.text:
-                run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+        for chunk in _closing_chunks(result, request):
             yield chunk
         if events is not None and result.influence is not None:
             events.emit(INFLUENCE_EVENT, result.influence.to_dict())
@@ -342,22 +336,17 @@ class ChatGuide(RunAwareChatModel):
         events = RunEvents.of_run(run_manager) if run_manager is not None else take_run_events()
         request = build_request(self, messages, stop, kwargs, measure=_listening(events))
         stream = await asyncio.to_thread(_open_stream, request)
-        markup = ToolCallStreamFilter() if request.may_call_tools else None
         pieces = astream_pieces(stream)
         try:
-            async for piece in pieces:
-                text = markup.feed(piece) if markup is not None else piece
-                if text:
-                    chunk = _text_chunk(text)
-                    if run_manager is not None:
-                        await run_manager.on_llm_new_token(text, chunk=chunk)
-                    yield chunk
+            async for piece in pieces:  # never tool-call markup: the engine holds it back
+                chunk = _text_chunk(piece)
+                if run_manager is not None:
+                    await run_manager.on_llm_new_token(piece, chunk=chunk)
+                yield chunk
         finally:
             await pieces.aclose()  # closes the stream, after the step in flight if there is one
         result = _finished(stream)
-        for chunk in _closing_chunks(result, markup):
-            if run_manager is not None and chunk.text:
-                await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+        for chunk in _closing_chunks(result, request):
             yield chunk
         if events is not None and result.influence is not None:
             await events.aemit(INFLUENCE_EVENT, result.influence.to_dict())
@@ -531,13 +520,10 @@ def _text_chunk(text: str) -> ChatGenerationChunk:
     return ChatGenerationChunk(message=AIMessageChunk(content=text))
 
 
-def _closing_chunks(result: GenerationResult, markup: ToolCallStreamFilter | None) -> Iterator[ChatGenerationChunk]:
-    """After the last piece: held-back plain text, then one chunk per tool call."""
-    if markup is None:
+def _closing_chunks(result: GenerationResult, request: Request) -> Iterator[ChatGenerationChunk]:
+    """After the last piece: one chunk per tool call (none when the request may not call tools)."""
+    if not request.may_call_tools:
         return
-    rest = markup.rest(result)
-    if rest:
-        yield _text_chunk(rest)
     for chunk in tool_call_chunks(result):
         yield ChatGenerationChunk(message=chunk)
     for chunk in unfinished_call_chunks(result):  # LangChain reads them back as invalid_tool_calls

@@ -47,7 +47,6 @@ from guide_engine import (
 )
 from guide_engine.errors import GuideValueError
 from guide_engine.loading import DEFAULT_MODEL_NAMES
-from guide_engine.tools import TOOL_CALL_OPEN
 
 from ..core import MetricName, astream_pieces, has_influence_span, model_display_name, token_usage, unknown_options
 from .events import GUIDE_METADATA_KEY, InfluenceEvent, ResponseAnnotator
@@ -450,7 +449,7 @@ class GuideLLM(FunctionCallingLLM):
         request = self._completion_prompt(prompt, formatted)
         options = self._options(request, kwargs)
         stream = self._engine.stream(request, **options)
-        return self._stream_responses(stream, self._completion_chunk, active_span_id.get(), False)
+        return self._stream_responses(stream, self._completion_chunk, active_span_id.get())
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
@@ -464,7 +463,7 @@ class GuideLLM(FunctionCallingLLM):
         """:meth:`stream_complete` without blocking the event loop; each step runs in a worker thread."""
         request = self._completion_prompt(prompt, formatted)
         stream = await asyncio.to_thread(self._engine.stream, request, **self._options(request, kwargs))
-        return self._astream_responses(stream, self._completion_chunk, active_span_id.get(), False)
+        return self._astream_responses(stream, self._completion_chunk, active_span_id.get())
 
     # ------------------------------------------------------------------------------ chat
 
@@ -482,19 +481,19 @@ class GuideLLM(FunctionCallingLLM):
         request = self._chat_prompt(messages)
         options = self._options(request, kwargs)
         result = self._engine.generate(request, **options)
-        return self._chat_response(result, result.text, tools=bool(options.get("tools")))
+        return self._chat_response(result, result.text)
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
         """Like :meth:`chat`, one response per text piece; the last carries spans, counts and tool calls.
 
-        Tool-call markup is held back from the deltas; the calls arrive with the last response.
+        Tool-call markup is never in the deltas (the engine holds it back); the calls arrive with the last
+        response.
         """
         request = self._chat_prompt(messages)
         options = self._options(request, kwargs)
         stream = self._engine.stream(request, **options)
-        tools = bool(options.get("tools"))
-        return self._stream_responses(stream, self._chat_chunk, active_span_id.get(), tools)
+        return self._stream_responses(stream, self._chat_chunk, active_span_id.get())
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
@@ -502,7 +501,7 @@ class GuideLLM(FunctionCallingLLM):
         request = self._chat_prompt(messages)
         options = self._options(request, kwargs)
         result = await self._agenerate(request, options)
-        return self._chat_response(result, result.text, tools=bool(options.get("tools")))
+        return self._chat_response(result, result.text)
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
@@ -510,8 +509,7 @@ class GuideLLM(FunctionCallingLLM):
         request = self._chat_prompt(messages)
         options = self._options(request, kwargs)
         stream = await asyncio.to_thread(self._engine.stream, request, **options)
-        tools = bool(options.get("tools"))
-        return self._astream_responses(stream, self._chat_chunk, active_span_id.get(), tools)
+        return self._astream_responses(stream, self._chat_chunk, active_span_id.get())
 
     # ------------------------------------------------------------------------- internals
 
@@ -559,42 +557,36 @@ class GuideLLM(FunctionCallingLLM):
         return _finished(stream)
 
     def _stream_responses(
-        self, stream: GenerationStream, chunk: Callable[..., Any], span_id: str | None, tools: bool
+        self, stream: GenerationStream, chunk: Callable[..., Any], span_id: str | None
     ) -> Generator[Any, None, None]:
-        text = shown = ""
+        text = ""  # the engine never streams tool-call markup
         with closing(_pieces(stream)) as pieces:  # a consumer that stops early stops decoding
             for piece, result in pieces:
                 text += piece
-                visible = _visible(text) if tools else text
-                delta, shown = visible[len(shown) :], visible
-                if delta or result is not None:
-                    yield chunk(shown, delta, result, span_id, tools)
+                if piece or result is not None:
+                    yield chunk(text, piece, result, span_id)
 
     async def _astream_responses(
-        self, stream: GenerationStream, chunk: Callable[..., Any], span_id: str | None, tools: bool
+        self, stream: GenerationStream, chunk: Callable[..., Any], span_id: str | None
     ) -> AsyncGenerator[Any, None]:
-        text = shown = ""
+        text = ""
         async with aclosing(_apieces(stream)) as pieces:
             async for piece, result in pieces:
                 text += piece
-                visible = _visible(text) if tools else text
-                delta, shown = visible[len(shown) :], visible
-                if delta or result is not None:
-                    yield chunk(shown, delta, result, span_id, tools)
+                if piece or result is not None:
+                    yield chunk(text, piece, result, span_id)
 
     def _completion_chunk(
-        self, text: str, piece: str, result: GenerationResult | None, span_id: str | None, tools: bool
+        self, text: str, piece: str, result: GenerationResult | None, span_id: str | None
     ) -> CompletionResponse:
         if result is None:
             return CompletionResponse(text=text, delta=piece)
         return self._completion_response(result, piece, span_id=span_id)
 
-    def _chat_chunk(
-        self, text: str, piece: str, result: GenerationResult | None, span_id: str | None, tools: bool
-    ) -> ChatResponse:
+    def _chat_chunk(self, text: str, piece: str, result: GenerationResult | None, span_id: str | None) -> ChatResponse:
         if result is None:
             return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=piece)
-        return self._chat_response(result, piece, span_id=span_id, tools=tools)
+        return self._chat_response(result, piece, span_id=span_id)
 
     def _extras(self, result: GenerationResult, span_id: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
         """``additional_kwargs`` and ``raw`` of a finished call; dispatches its InfluenceEvent."""
@@ -608,6 +600,8 @@ class GuideLLM(FunctionCallingLLM):
             "finish_reason": result.finish_reason,
             "prompt_text": result.prompt_text,
         }
+        dropped = {"dropped_markup": list(result.dropped_markup)} if result.dropped_markup else {}
+        record.update(dropped)  # tool-call markup taken out of the text (a call cut short included)
         raw: dict[str, Any] = {GUIDE_METADATA_KEY: record, "usage": usage, "influence": None}
         if result.influence is not None:
             raw["influence"] = result.influence.to_dict()
@@ -615,7 +609,7 @@ class GuideLLM(FunctionCallingLLM):
             if span_id is not None:  # a stream ends after its call's span
                 event.span_id = span_id
             dispatcher.event(event)
-        return {"spans": spans, **usage, "finish_reason": result.finish_reason}, raw
+        return {"spans": spans, **usage, "finish_reason": result.finish_reason, **dropped}, raw
 
     def _completion_response(
         self, result: GenerationResult, delta: str, span_id: str | None = None
@@ -623,13 +617,10 @@ class GuideLLM(FunctionCallingLLM):
         extra, raw = self._extras(result, span_id)
         return CompletionResponse(text=result.text, delta=delta, additional_kwargs=extra, raw=raw)
 
-    def _chat_response(
-        self, result: GenerationResult, delta: str, span_id: str | None = None, tools: bool = False
-    ) -> ChatResponse:
+    def _chat_response(self, result: GenerationResult, delta: str, span_id: str | None = None) -> ChatResponse:
         extra, raw = self._extras(result, span_id)
         calls = {"tool_calls": openai_tool_calls(result.tool_calls)} if result.tool_calls else {}
-        text = result.text.split(TOOL_CALL_OPEN, 1)[0] if tools else result.text  # no call cut by max_new_tokens
-        message = ChatMessage(role=MessageRole.ASSISTANT, content=text, additional_kwargs=calls)
+        message = ChatMessage(role=MessageRole.ASSISTANT, content=result.text, additional_kwargs=calls)
         return ChatResponse(message=message, delta=delta, additional_kwargs=extra, raw=raw)
 
 
@@ -645,17 +636,6 @@ def _partial_or_final(output_cls: type[BaseModel], chunk: ChatResponse, current:
     if "finish_reason" in chunk.additional_kwargs:  # the last chunk carries the finished result
         return parse_structured(output_cls, chunk)
     return process_streaming_content_incremental(chunk, output_cls, current)
-
-
-def _visible(text: str) -> str:
-    """``text`` up to its first tool call, holding back a tail that may be the start of one."""
-    cut = text.find(TOOL_CALL_OPEN)
-    if cut >= 0:
-        return text[:cut]
-    for keep in range(min(len(TOOL_CALL_OPEN) - 1, len(text)), 0, -1):
-        if TOOL_CALL_OPEN.startswith(text[-keep:]):
-            return text[:-keep]
-    return text
 
 
 def _finished(stream: GenerationStream) -> GenerationResult:
