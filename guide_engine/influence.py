@@ -184,6 +184,12 @@ def attach_hooks(model: torch.nn.Module) -> InfluenceHooks | None:
         return hooks.acquire()
 
 
+def _shorten(text: str, limit: int = 40) -> str:
+    """``text`` on one line, cut to ``limit`` characters with an ellipsis."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 @dataclass
 class InfluenceResult(Mapping):
     """Influence (or rollout) of a span: layer index (−1 … L−1) → 1-D tensor over all positions.
@@ -213,6 +219,24 @@ class InfluenceResult(Mapping):
 
     def __len__(self) -> int:
         return len(self.layers)
+
+    def __repr__(self) -> str:
+        """One line: metric, measured span, layers and length (the tensors stay out of it)."""
+        measured = [s for s in self.spans if s.kind == "influence"]
+        span = " + ".join(f"{_shorten(s.text)!r} (tokens {s.token_start}:{s.token_end})" for s in measured) or "none"
+        keys = sorted(self.layers)
+        if not keys:
+            layers = "none"
+        elif keys == list(range(keys[0], keys[-1] + 1)):
+            layers = f"{keys[0]}..{keys[-1]}"
+        else:
+            layers = ",".join(map(str, keys))
+        generated = len(self.tokens) - self.generation_start
+        return (
+            f"InfluenceResult(metric={self.metric!r}, span={span}, layers={layers}, "
+            f"tokens={len(self.tokens)} ({self.generation_start} prompt + {generated} generated), "
+            f"delta_influence={self.delta_influence:g})"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain lists and floats, JSON-serializable."""

@@ -301,26 +301,32 @@ def _token_classes(result: InfluenceData) -> list[list[str]]:
     return classes
 
 
+def _token_text(shown: str) -> str:
+    """A token's exact text as HTML: escaped, with an empty ``nl`` mark before each newline.
+
+    The mark draws '↵' through CSS ``content``, which is not part of the page's text, so the text
+    of the token boxes put together is the text of the tokens, newlines included. A carriage
+    return is written as a character reference, which the HTML parser does not turn into '\\n'.
+    """
+    return html.escape(shown).replace("\r", "&#13;").replace("\n", '<span class="nl"></span>\n')
+
+
 def _token_markup(result: InfluenceData) -> str:
     parts = []
     classes = _token_classes(result)
     for i, token in enumerate(result.tokens):
         if i == result.generation_start:
             parts.append('<span class="gen-marker" title="the model starts generating here">▶ generation starts</span>')
-        shown = display_token(token)
-        newline = "\n" in shown
-        shown = shown.replace("\n", "↵")
         css = " ".join(["tok", *classes[i], "generated" if i >= result.generation_start else "prompt"])
-        parts.append(f'<span class="{css}" data-i="{i}">{html.escape(shown)}</span>')
-        if newline:
-            parts.append("<br>")
+        parts.append(f'<span class="{css}" data-i="{i}">{_token_text(display_token(token))}</span>')
     if result.generation_start >= len(result.tokens):
         parts.append('<span class="gen-marker">▶ generation starts (nothing generated)</span>')
     return "".join(parts)
 
 
 _CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.5rem; color: #222; background: #fff; }
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.5rem; color: #222; background: #fff;
+  overflow-wrap: break-word; }
 h1 { font-size: 1.25rem; margin: 0 0 .4rem; }
 .meta { color: #555; font-size: .9rem; margin-bottom: .8rem; }
 .controls { display: flex; flex-wrap: wrap; gap: 1rem; align-items: center; padding: .6rem .8rem;
@@ -328,21 +334,27 @@ h1 { font-size: 1.25rem; margin: 0 0 .4rem; }
 .controls label { font-size: .9rem; }
 #layer-range { width: 18rem; vertical-align: middle; }
 .legend { display: flex; align-items: center; gap: .4rem; font-size: .8rem; }
-#colorbar { width: 12rem; height: .8rem; border: 1px solid #999;
-  background: linear-gradient(to right, #fff, #ffeda0, #feb24c, #f03b20, #800026); }
+#colorbar { position: relative; width: 16rem; height: 2.1rem; padding: 0 1.4rem; }
+#colorbar-ramp { position: absolute; left: 1.4rem; right: 1.4rem; top: 0; height: .8rem; border: 1px solid #999;
+  box-sizing: border-box; }
+#colorbar-ticks { position: absolute; left: 1.4rem; right: 1.4rem; top: .8rem; bottom: 0; }
+.tick { position: absolute; top: 0; transform: translateX(-50%); padding-top: .25rem; font-size: .7rem;
+  white-space: nowrap; font-variant-numeric: tabular-nums; }
+.tick::before { content: ""; position: absolute; left: 50%; top: 0; height: .2rem; border-left: 1px solid #444; }
 .key { font-size: .8rem; color: #444; margin: .5rem 0 1rem; }
 .key span.sample { display: inline-block; padding: 0 .3rem; margin: 0 .2rem; }
 #tokens { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas, monospace; font-size: .95rem;
-  line-height: 2.1; }
-.tok { white-space: pre; padding: .12rem .05rem; margin: 0 1px; border-radius: 3px; border: 1px solid transparent;
-  cursor: default; }
+  line-height: 2.1; white-space: pre-wrap; overflow-wrap: anywhere; }
+.tok { padding: .12rem .05rem; margin: 0 1px; border-radius: 3px; border: 1px solid transparent; cursor: default; }
+.nl::before { content: "↵"; opacity: .55; }
 .tok:hover { border-color: #000; }
 .in-influence { outline: 2px solid #0a58ca; outline-offset: 1px; }
 .in-emphasis { outline: 2px dashed #c2185b; outline-offset: 1px; }
 .gen-marker { display: inline-block; margin: 0 .35rem; padding: 0 .35rem; font-family: system-ui, sans-serif;
   font-size: .75rem; color: #fff; background: #222; border-radius: 3px; line-height: 1.4; }
 #tooltip { position: fixed; pointer-events: none; background: #222; color: #fff; padding: .35rem .5rem;
-  border-radius: 4px; font-size: .8rem; white-space: pre; display: none; z-index: 3;
+  border-radius: 4px; font-size: .8rem; white-space: pre-wrap; overflow-wrap: anywhere; display: none; z-index: 3;
+  max-width: min(40rem, calc(100vw - 2rem));
   font-family: ui-monospace, Menlo, Consolas, monospace; }
 """
 
@@ -357,9 +369,13 @@ _JS = r"""
   var stats = document.getElementById("layer-stats");
   var tip = document.getElementById("tooltip");
   var toks = Array.prototype.slice.call(document.querySelectorAll("#tokens .tok"));
+  var barLabel = document.getElementById("colorbar-label");
+  var barRamp = document.getElementById("colorbar-ramp");
+  var barTicks = document.getElementById("colorbar-ticks");
   var FLOOR = 1e-8;
   // A white -> yellow -> orange -> red -> dark red ramp (like matplotlib's YlOrRd).
   var STOPS = [[255, 255, 255], [255, 237, 160], [254, 178, 76], [240, 59, 32], [128, 0, 38]];
+  var LOW = 0.08;  // the smallest nonzero value gets ramp(LOW), not white, so it stays visible
   var current = order.indexOf(-1) >= 0 && order.length > 1 ? order[order.length - 1] : order[0];
 
   function ramp(t) {
@@ -375,27 +391,75 @@ _JS = r"""
     order.forEach(function (l) { if (Math.abs(l - layer) < Math.abs(best - layer)) { best = l; } });
     return best;
   }
+  function colorOf(t) { return ramp(LOW + (1 - LOW) * t); }  // t in [0, 1]: position on the color bar
+  function tickLabel(v) {
+    var r = Number(v.toPrecision(2));
+    return r === 0 || (r >= 1e-3 && r < 1e4) ? String(r) : r.toExponential().replace("e+", "e");
+  }
+  function niceStep(x) {  // the smallest of 1, 2, 5 times a power of ten that is >= x
+    var p = Math.pow(10, Math.floor(Math.log10(x)));
+    return [1, 2, 5, 10].map(function (m) { return m * p; }).filter(function (s) { return s >= x * (1 - 1e-9); })[0];
+  }
+  // The layer's scale: at(v) is the position in [0, 1] of a value on the color bar (and so its
+  // color), ticks the labelled values. Log: from the smallest positive value (at least FLOOR) to
+  // the largest, with ticks at powers of ten; linear: from 0 to the largest, with round steps.
   function scale(values, useLog) {
     var pos = values.filter(function (v) { return v !== null && v > 0; });
-    if (!pos.length) { return function () { return 0; }; }
-    var hi = maxOf(pos);
+    if (!pos.length) { return { at: function () { return 0; }, ticks: [] }; }
+    var hi = maxOf(pos), ticks = [];
+    function tick(value, t, prefix) { ticks.push({ value: value, t: t, label: (prefix || "") + tickLabel(value) }); }
+    function inner(value, t) { if (t > 0.15 && t < 0.85) { tick(value, t); } }
     if (useLog) {
-      var lo = Math.max(Math.log10(minOf(pos)), Math.log10(FLOOR));
-      if (hi <= 0 || Math.log10(hi) - lo < 1e-9) { return function (v) { return v > 0 ? 1 : 0; }; }
-      return function (v) { return v > 0 ? (Math.log10(Math.max(v, FLOOR)) - lo) / (Math.log10(hi) - lo) : 0; };
+      var min = minOf(pos), lo = Math.log10(Math.max(min, FLOOR)), top = Math.log10(hi);
+      if (top - lo < 1e-9) {
+        tick(hi, 1);
+        return { at: function () { return 1; }, ticks: ticks };
+      }
+      var at = function (v) { return Math.min(1, Math.max(0, (Math.log10(Math.max(v, FLOOR)) - lo) / (top - lo))); };
+      tick(Math.pow(10, lo), 0, min < FLOOR ? "≤" : "");
+      var step = Math.max(1, Math.ceil((top - lo) / 5));
+      for (var k = Math.ceil(lo / step) * step; k <= top; k += step) { inner(Math.pow(10, k), at(Math.pow(10, k))); }
+      tick(hi, 1);
+      return { at: at, ticks: ticks };
     }
-    return function (v) { return v > 0 ? v / hi : 0; };
+    var d = niceStep(hi / 5);
+    tick(0, 0);
+    for (var j = 1; j * d < hi; j++) { inner(j * d, j * d / hi); }
+    tick(hi, 1);
+    return { at: function (v) { return Math.min(1, Math.max(0, v / hi)); }, ticks: ticks };
+  }
+  function drawBar(sc, useLog) {
+    // Gradient stops where the ramp has its own stops, so the bar and the boxes interpolate alike.
+    var stops = [[0, colorOf(0)]];
+    STOPS.forEach(function (c, k) {
+      var u = k / (STOPS.length - 1);
+      if (u > LOW) { stops.push([(u - LOW) / (1 - LOW), c]); }
+    });
+    barRamp.style.background = sc.ticks.length ? "linear-gradient(to right, " + stops.map(function (s) {
+      return "rgb(" + s[1].join(", ") + ") " + (100 * s[0]).toFixed(3) + "%";
+    }).join(", ") + ")" : "";
+    barTicks.textContent = "";
+    sc.ticks.forEach(function (tk) {
+      var el = document.createElement("span");
+      el.className = "tick";
+      el.style.left = (100 * tk.t).toFixed(3) + "%";
+      el.setAttribute("data-value", String(tk.value));
+      el.textContent = tk.label;
+      barTicks.appendChild(el);
+    });
+    barLabel.textContent = data.metric_label.toLowerCase() + (useLog ? " (log scale)" : " (linear scale)");
   }
   function render() {
     var values = data.layers[String(current)];
-    var s = scale(values, logBox.checked);
+    var sc = scale(values, logBox.checked);
     toks.forEach(function (el, i) {
       var v = values[i];
       if (v === null || !(v > 0)) { el.style.background = ""; el.style.color = ""; return; }
-      var c = ramp(0.08 + 0.92 * s(v));
+      var c = colorOf(sc.at(v));
       el.style.background = "rgb(" + c.join(",") + ")";
       el.style.color = (0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2]) < 140 ? "#fff" : "#111";
     });
+    drawBar(sc, logBox.checked);
     var gen = values.slice(data.generation_start).filter(function (v) { return v !== null; });
     var mean = gen.length ? gen.reduce(function (a, b) { return a + b; }, 0) / gen.length : null;
     var known = values.filter(function (v) { return v !== null; });
@@ -423,7 +487,8 @@ _JS = r"""
     });
     el.addEventListener("mouseleave", function () { tip.style.display = "none"; });
   });
-  window.guideInfluence = { data: data, setLayer: setLayer, layer: function () { return current; } };
+  window.guideInfluence = { data: data, setLayer: setLayer, layer: function () { return current; },
+    useLog: function (on) { logBox.checked = on; render(); } };
   render();
 })();
 """
@@ -480,11 +545,12 @@ Spans: {html.escape(spans)}</div>
     aria-label="layer"{"" if contiguous else ' title="layers missing from the result snap to the nearest one"'}>
   <select id="layer-select" aria-label="layer">{options}</select>
   <label><input type="checkbox" id="log-scale" checked> log scale</label>
-  <span class="legend">low <span id="colorbar"></span> high</span>
+  <span class="legend"><span id="colorbar-label"></span>
+    <span id="colorbar"><span id="colorbar-ramp"></span><span id="colorbar-ticks"></span></span></span>
   <span id="layer-stats" class="legend"></span>
 </div>
-<div class="key">Each box is a token colored by its {html.escape(payload["metric_label"].lower())} in the chosen layer
-(uncolored: zero).
+<div class="key">Each box is a token colored by its {html.escape(payload["metric_label"].lower())} in the chosen layer,
+on the scale of the color bar (uncolored: zero; on the log scale, values below {LOG_FLOOR:g} take its lowest color).
 <span class="sample in-influence">solid outline</span>: influence span;
 <span class="sample in-emphasis">dashed outline</span>: emphasis span; ↵: newline. Hover a token for details.</div>
 <div id="tokens">{_token_markup(result)}</div>

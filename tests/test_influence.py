@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from guide_engine import GuideEngine, InfluenceResult
+from guide_engine import AppliedSpan, GuideEngine, InfluenceResult
 from guide_engine.attention import GuideAttentionState
 from guide_engine.influence import InfluenceTracker, attach_hooks
 from tests.reference import REFERENCE, reference_influence, twin
@@ -127,3 +127,32 @@ def test_embedded_model_matches_materialized_reference(real_engine, metric):
         twin(real_engine.model, REFERENCE), ids, indicator, torch.tensor([encoded.token_deltas]), metric
     )
     _assert_matches(result.influence, expected)
+
+
+def test_repr_is_one_line_summary(tiny, smol_tokenizer):
+    """repr names the metric, the span, the layers and the length; no tensor is printed."""
+    engine = GuideEngine(tiny, smol_tokenizer)
+    result = engine.generate(PROMPT, max_new_tokens=5, metric="influence")
+    inf = result.influence
+    span = next(s for s in inf.spans if s.kind == "influence")
+    text = repr(inf)
+    assert text == (
+        f"InfluenceResult(metric='influence', span='Answer in French.' (tokens {span.token_start}:{span.token_end}), "
+        f"layers=-1..{engine.num_layers - 1}, "
+        f"tokens={len(inf.tokens)} ({result.prompt_tokens} prompt + {result.completion_tokens} generated), "
+        "delta_influence=0)"
+    )
+    assert str(inf) == text
+    assert "\n" not in text
+    assert "tensor" not in text
+
+
+def test_repr_shortens_a_long_span_and_names_missing_layers():
+    span = AppliedSpan("influence", 0, 0.0, "word " * 200, 0, 2, 402)
+    layers = {k: torch.zeros(500) for k in (-1, 0, 5, 31)}
+    inf = InfluenceResult(layers, ["x"] * 500, (span,), 450, "attention_rollout", 1.5)
+    text = repr(inf)
+    assert text == (
+        "InfluenceResult(metric='attention_rollout', span='word word word word word word word word…' "
+        "(tokens 2:402), layers=-1,0,5,31, tokens=500 (450 prompt + 50 generated), delta_influence=1.5)"
+    )

@@ -6,6 +6,7 @@ import html
 import json
 import math
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -146,6 +147,10 @@ def test_figure_shades_the_span_and_labels_the_axes() -> None:
     assert ax.get_title() == "Influence of “cats </script><b>” (Δ influence = 0.25; emphasis Δ = 1.5)"
     legend_labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert legend_labels == ["layer 2, per token", "layer 2, mean of 5 tokens", "influence span", "generation starts"]
+    # The PNG has no color bar: its scale is the value axis, numbered in log10 down to the floor.
+    fig.draw_without_rendering()
+    numbers = [float(t.get_text().replace("\N{MINUS SIGN}", "-")) for t in ax.get_yticklabels() if t.get_text()]
+    assert len(numbers) >= 3 and min(numbers) <= -8 and max(numbers) >= -1
 
 
 def test_default_layers_are_first_middle_and_last() -> None:
@@ -202,6 +207,7 @@ class PageParser(HTMLParser):
         self.options: list[str] = []
         self.markers: list[int] = []  # number of token boxes seen before each generation marker
         self._in_token: dict | None = None
+        self._depth = 0  # spans open inside the current token box (its newline marks)
         self._script: dict | None = None
         self.external: list[str] = []
 
@@ -211,8 +217,11 @@ class PageParser(HTMLParser):
             if key in a:
                 self.external.append(a[key])
         classes = (a.get("class") or "").split()
-        if tag == "span" and "tok" in classes:
-            self._in_token = {"i": int(a["data-i"]), "classes": classes, "text": ""}
+        if tag == "span" and self._in_token is not None:
+            self._depth += 1
+            self._in_token["marks"].append((classes, len(self._in_token["text"])))
+        elif tag == "span" and "tok" in classes:
+            self._in_token = {"i": int(a["data-i"]), "classes": classes, "text": "", "marks": []}
         elif tag == "span" and "gen-marker" in classes:
             self.markers.append(len(self.tokens))
         elif tag == "script":
@@ -224,7 +233,9 @@ class PageParser(HTMLParser):
             self.options.append(a["value"])
 
     def handle_endtag(self, tag: str) -> None:
-        if tag == "span" and self._in_token is not None:
+        if tag == "span" and self._depth:
+            self._depth -= 1
+        elif tag == "span" and self._in_token is not None:
             self.tokens.append(self._in_token)
             self._in_token = None
         elif tag == "script":
@@ -268,12 +279,16 @@ def test_html_embeds_every_layer_exactly(tmp_path: Path) -> None:
 def test_html_shows_every_token_readably_and_escaped(tmp_path: Path) -> None:
     target = make_result().to_html(str(tmp_path / "tokens.html"))
     page, parser = parse_page(Path(target))
-    # A browser sees one box per token, in order, with readable text.
+    # A browser sees one box per token, in order, holding the token's exact readable text.
     assert [t["i"] for t in parser.tokens] == list(range(len(TOKENS)))
-    assert [t["text"] for t in parser.tokens] == [display_token(t).replace("\n", "↵") for t in TOKENS]
-    assert parser.tokens[4]["text"] == " me" and parser.tokens[2]["text"] == "↵" and parser.tokens[18]["text"] == "é"
+    assert [t["text"] for t in parser.tokens] == [display_token(t) for t in TOKENS]
+    assert parser.tokens[4]["text"] == " me" and parser.tokens[2]["text"] == "\n" and parser.tokens[18]["text"] == "é"
+    # Each newline gets an empty mark right before it (CSS draws '↵' there, outside the text).
+    for token in parser.tokens:
+        assert token["marks"] == [(["nl"], i) for i, c in enumerate(token["text"]) if c == "\n"]
+    assert sum(len(t["marks"]) for t in parser.tokens) == 3
     for token in TOKENS:
-        assert html.escape(display_token(token).replace("\n", "↵")) in page
+        assert html.escape(display_token(token)) in page
     # The hostile token cannot open or close elements: it is text in its box and a string in the JSON.
     assert parser.tokens[7]["text"] == " </script><b>"
     assert " &lt;/script&gt;&lt;b&gt;" in page
@@ -344,6 +359,165 @@ document.body.setAttribute("data-select", window.guideInfluence.layer() + "|" + 
     assert 'data-slider="0|0"' in dom
     # Layer -1 is the indicator: the span is colored at full heat, the rest is left white.
     assert 'data-select="-1|-1|rgb(128, 0, 38)|"' in dom
+
+
+class ProbeParser(HTMLParser):
+    """Reads the ``data-probe`` attribute that a probe script leaves on <body>."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.probe: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        if tag == "body":
+            self.probe = dict(attrs).get("data-probe")
+
+
+def in_browser(page: str, probe: str, folder: Path, width: int = 800) -> dict:
+    """Open ``page`` in headless chromium ``width`` px wide; return what the JS expression ``probe`` gives.
+
+    The probe runs after the page's own script, and its value comes back as JSON through the DOM.
+    """
+    browser = chromium()
+    script = f'<script>document.body.setAttribute("data-probe", JSON.stringify({probe}));</script></body>'
+    target = folder / "probe.html"
+    target.write_text(page.replace("</body>", script), encoding="utf-8")
+    dom = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", f"--window-size={width},700", "--dump-dom"]
+        + [target.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=True,
+    ).stdout
+    parser = ProbeParser()
+    parser.feed(dom)
+    assert parser.probe is not None, dom[-2000:]
+    return json.loads(parser.probe)
+
+
+def long_result() -> InfluenceResult:
+    """A RAG-sized prompt and answer: hundreds of words, a 300-character word, a run of newlines."""
+    document = (
+        "Mount Everest lies in the Mahalangur Himal subrange of the Himalayas. Tenzing Norgay and Edmund "
+        "Hillary reached its summit on 29 May 1953. "
+    ) * 12
+    words = ["<|im_start|>", "user", "Ċ", *("Ġ" + w for w in document.split())]
+    words += ["Ġhttps://example.org/" + "a" * 300, "ĊĊ", "Ġtab\tstop", "Ġcarriage\rreturn", "<|im_end|>", "Ċ"]
+    start = len(words)
+    answer = "The first ascent of Mount Everest, in the Mahalangur Himal, was on 29 May 1953. " * 8
+    words += [("Ġ" if i else "") + w for i, w in enumerate(answer.split())]
+    rng = np.random.default_rng(7)
+    layers = {k: torch.tensor(rng.uniform(1e-6, 1.0, len(words)), dtype=torch.float32) for k in range(3)}
+    span = AppliedSpan("influence", 0, 0.0, "Mount Everest", 0, 3, 5)
+    return InfluenceResult(layers, words, (span,), start, "influence", 0.0, list(range(len(words))))
+
+
+def test_html_wraps_long_text_in_an_800px_window(tmp_path: Path) -> None:
+    """No horizontal overflow at 800 px, every token box inside the window, and the text unchanged."""
+    result = long_result()
+    page = Path(influence_html(result, tmp_path / "long.html")).read_text(encoding="utf-8")
+    probe = """(function () {
+  var root = document.documentElement, toks = Array.prototype.slice.call(document.querySelectorAll(".tok"));
+  var box = document.getElementById("tokens"), text = "", marker = null;
+  box.childNodes.forEach(function (n) {
+    if (n.classList.contains("gen-marker")) { marker = text.length; } else { text += n.textContent; }
+  });
+  var right = Math.max.apply(null, Array.prototype.slice.call(document.querySelectorAll("body *")).map(
+    function (el) { return el.getBoundingClientRect().right; }));
+  var long = toks.filter(function (el) { return el.textContent.indexOf("https://") >= 0; })[0];
+  var lineHeight = parseFloat(getComputedStyle(box).lineHeight);
+  return { innerWidth: window.innerWidth, clientWidth: root.clientWidth, scrollWidth: root.scrollWidth,
+    bodyScrollWidth: document.body.scrollWidth, right: right, text: text, marker: marker,
+    tokens: toks.map(function (el) { return el.textContent; }),
+    longLines: long.getClientRects().length, lines: box.getBoundingClientRect().height / lineHeight };
+})()"""
+    seen = in_browser(page, probe, tmp_path, width=800)
+    assert seen["innerWidth"] == 800
+    assert seen["scrollWidth"] <= seen["clientWidth"], seen
+    assert seen["bodyScrollWidth"] <= seen["clientWidth"]
+    assert seen["right"] <= seen["clientWidth"]  # no element, token box or control, sticks out
+    # The text is the tokens' text, whitespace included: the page only adds line breaks where it wraps.
+    shown = [display_token(t) for t in result.tokens]
+    assert seen["tokens"] == shown
+    assert seen["text"] == "".join(shown)
+    assert seen["marker"] == len("".join(shown[: result.generation_start]))  # before the first generated token
+    for whitespace in ("\t", "\r", "\n\n"):
+        assert whitespace in seen["text"]
+    # It did wrap: the 300-character word is broken over several lines, the whole over many.
+    assert seen["longLines"] >= 3
+    assert seen["lines"] > 40
+
+
+def ramp_reference(t: float) -> tuple[int, ...]:
+    """The page's color ramp (YlOrRd-like, linear in RGB between five stops), as JS rounds it."""
+    stops = [(255, 255, 255), (255, 237, 160), (254, 178, 76), (240, 59, 32), (128, 0, 38)]
+    t = min(1.0, max(0.0, t)) * (len(stops) - 1)
+    k = min(math.floor(t), len(stops) - 2)
+    f = t - k
+    return tuple(math.floor(a + (b - a) * f + 0.5) for a, b in zip(stops[k], stops[k + 1]))
+
+
+def rgb(color: tuple[int, ...]) -> str:
+    return f"rgb({color[0]}, {color[1]}, {color[2]})"
+
+
+LOW = 0.08  # the bar's left end: the smallest nonzero value is ramp(LOW), not white
+
+
+def test_html_color_bar_has_values_on_the_scale_of_the_colors(tmp_path: Path) -> None:
+    """The bar's ticks are numbers placed where the boxes of those values get their color."""
+    result = make_result(num_layers=5)
+    page = Path(influence_html(result, tmp_path / "bar.html")).read_text(encoding="utf-8")
+    read = """function () {
+  var ticks = Array.prototype.slice.call(document.querySelectorAll("#colorbar-ticks .tick"));
+  return { label: document.getElementById("colorbar-label").textContent,
+    ramp: document.getElementById("colorbar-ramp").style.backgroundImage,
+    bar: document.getElementById("colorbar").getBoundingClientRect().width,
+    ticks: ticks.map(function (el) {
+      return [el.textContent, parseFloat(el.getAttribute("data-value")), parseFloat(el.style.left)]; }),
+    colors: Array.prototype.slice.call(document.querySelectorAll(".tok")).map(function (el) {
+      return el.style.backgroundColor; }) };
+}"""
+    probe = f"""(function () {{ var read = {read}; window.guideInfluence.setLayer(0); var log = read();
+  window.guideInfluence.useLog(false); return {{ log: log, linear: read() }}; }})()"""
+    seen = in_browser(page, probe, tmp_path)
+    values = result[0].double().tolist()
+    positive = [v for v in values if v > 0]
+    low, high = math.log10(max(min(positive), LOG_FLOOR)), math.log10(max(positive))
+
+    def log_at(v: float) -> float:
+        return (math.log10(max(v, LOG_FLOOR)) - low) / (high - low)
+
+    def linear_at(v: float) -> float:
+        return v / max(positive)
+
+    for name, at in (("log", log_at), ("linear", linear_at)):
+        bar = seen[name]
+        assert bar["label"] == f"influence ({name} scale)"
+        # Every colored box has the color of its value's place on the bar; zeros stay white.
+        expected = [rgb(ramp_reference(LOW + (1 - LOW) * at(v))) if v > 0 else "" for v in values]
+        assert bar["colors"] == expected
+        # The bar's gradient is the same ramp: from the faintest box color to the strongest.
+        stops = re.findall(r"rgb\(\d+, \d+, \d+\)", bar["ramp"])
+        assert stops[0] == rgb(ramp_reference(LOW))
+        assert stops[-1] == rgb(ramp_reference(1.0)) == "rgb(128, 0, 38)"
+        # Ticks: numbers, in order, each at its value's place, both ends labelled.
+        ticks = bar["ticks"]
+        assert len(ticks) >= 4
+        for label, value, left in ticks:
+            assert float(label.lstrip("≤")) == pytest.approx(value, rel=0.05), label
+            assert left == pytest.approx(100 * at(value), abs=1e-3), label
+        assert [t[2] for t in ticks] == sorted(t[2] for t in ticks)
+        assert ticks[0][2] == 0
+        assert ticks[-1][2] == 100
+        assert ticks[-1][1] == pytest.approx(max(positive))
+    # Log: the layer has a value under the floor, so the low end is the floor, and ticks are powers of ten.
+    assert [t[0] for t in seen["log"]["ticks"]] == ["≤1e-8", "1e-6", "1e-4", "0.01", f"{max(positive):.2g}"]
+    assert seen["linear"]["ticks"][0][0] == "0"
+    steps = [k / 5 for k in range(1, 5) if 0.15 < k / 5 / max(positive) < 0.85]  # round steps, clear of the ends
+    assert len(steps) >= 3
+    assert [t[1] for t in seen["linear"]["ticks"][1:-1]] == pytest.approx(steps)
 
 
 # ---------------------------------------------------------------------------------- real model
