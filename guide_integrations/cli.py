@@ -1,25 +1,101 @@
-"""The installed ``guide`` command: the engine's commands plus ``guide serve`` (GUIDE on vLLM).
+"""The installed ``guide`` command: the engine's ``generate`` and ``influence``, ``guide serve`` and ``--version``.
 
 ``guide generate`` and ``guide influence`` live in :mod:`guide_engine.cli`; the engine may not
-import the integrations, so the command that serves through vLLM is added here, on the same
-Typer app, and ``[project.scripts]`` points at this module.
+import the integrations, so the command that serves through vLLM is added here and
+``[project.scripts]`` points at this module.
+
+Importing :mod:`guide_engine` imports torch and transformers (seconds), so this module does not:
+the engine's commands are looked up when one of them runs (or its own ``--help`` is asked for),
+and ``guide --help`` lists them from :data:`ENGINE_COMMANDS`. ``guide --help`` and
+``guide --version`` thus cost about as much as importing typer.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
 
-from guide_engine.cli import app, fail
-from guide_engine.errors import GuideError, MissingDependencyError
-
-__all__ = ["app"]
+__all__ = ["ENGINE_COMMANDS", "app"]
 
 VLLM_SETUP = "bash scripts/setup-vllm.sh (vLLM needs its own environment; see docs/vllm.md)"
 
+ENGINE_COMMANDS = {
+    "generate": "Generate a completion of a tagged prompt, streaming the text to stdout.",
+    "influence": "Generate, then measure how much the <?-> span influences each token.",
+}
+"""The commands of :mod:`guide_engine.cli` and their one-line help, as ``guide --help`` lists them
+(``tests/test_cli.py`` checks them against the commands' own docstrings)."""
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+
+@functools.cache
+def engine_commands() -> dict[str, Any]:
+    """The click commands of :mod:`guide_engine.cli` (importing it imports torch and transformers)."""
+    from guide_engine.cli import app as engine_app
+
+    return dict(typer.main.get_group(engine_app).commands)
+
+
+class GuideCommands(TyperGroup):
+    """``guide``'s command group: ``serve`` is its own, the engine's commands are imported when used."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return [*ENGINE_COMMANDS, *super().list_commands(ctx)]
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name in ENGINE_COMMANDS:
+            return engine_commands()[cmd_name]
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        """The "Commands" section of ``guide --help``, written without importing the engine."""
+        own = {name: self.commands[name] for name in super().list_commands(ctx) if not self.commands[name].hidden}
+        limit = formatter.width - 6 - max(map(len, [*ENGINE_COMMANDS, *own]))
+        rows = [*ENGINE_COMMANDS.items(), *((name, command.get_short_help_str(limit)) for name, command in own.items())]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+def print_version(value: bool) -> None:
+    """``--version``: print the installed version of guide-attention and exit."""
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        installed = version("guide-attention")
+    except PackageNotFoundError:
+        installed = "unknown (not installed; run `pip install -e .`)"
+    typer.echo(f"guide-attention {installed}")
+    raise typer.Exit()
+
+
+app = typer.Typer(
+    name="guide",
+    cls=GuideCommands,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's plain help and errors: nothing cut off, and no rich to import
+)
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(
+        False, "--version", callback=print_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Emphasize parts of a prompt with GUIDE tags and measure their influence on a local LLM."""
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    short_help="Serve MODEL with GUIDE through vLLM's OpenAI-compatible server.",
+)
 def serve(
     context: typer.Context,
     model: str = typer.Argument(
@@ -32,11 +108,12 @@ def serve(
 ) -> None:
     """Serve MODEL with GUIDE through vLLM's OpenAI-compatible server (listens on 127.0.0.1 unless --host).
 
-    Every further option is vLLM's and passes through: --host, --max-model-len, --dtype,
-    --kv-cache-memory-bytes (on a CPU guide serve picks a budget that fits), --tensor-parallel-size …
-    Require a key with VLLM_API_KEY in the environment (--api-key works too; it is moved there and
-    never printed).
+    Every further option is vLLM's and passes through unchanged: --host, --api-key, --max-model-len,
+    --tensor-parallel-size, --gpu-memory-utilization …
     """
+    from guide_engine.cli import fail  # the engine's one-line errors (torch comes with vLLM anyway)
+    from guide_engine.errors import GuideError, MissingDependencyError
+
     extra = list(context.args)
     if model.startswith("-"):  # no MODEL given: click took the first vLLM option for it
         model, extra = "default", [model, *extra]
