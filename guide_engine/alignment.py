@@ -12,11 +12,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import GuideValueError, ModelNotSupportedError
-from .tags import Span, parse_tags
+from .errors import GuideValueError, ModelNotSupportedError, TagError
+from .tags import ParsedText, Span, parse_tags
 
 Message = Mapping[str, Any]
 Prompt = str | Sequence[Message]
+
+ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
+"""The message roles a prompt may use: those every supported chat template renders."""
 
 
 @dataclass(frozen=True)
@@ -85,10 +88,34 @@ def normalize_prompt(prompt: Prompt) -> list[dict[str, Any]] | str:
     for i, message in enumerate(prompt):
         if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
             raise GuideValueError(f"message {i} must be a mapping with 'role' and 'content', got {message!r:.80}")
+        if message["role"] not in ROLES:
+            raise GuideValueError(f"message {i} has role {message['role']!r}; allowed: {', '.join(ROLES)}")
         if not isinstance(message["content"], str):
             raise GuideValueError(f"message {i} content must be a string, got {type(message['content']).__name__}")
         messages.append(dict(message))
     return messages
+
+
+def parse_message_tags(messages: Sequence[Message]) -> list[ParsedText]:
+    """Each message's content parsed for tags (:func:`~guide_engine.tags.parse_tags`).
+
+    Raises:
+        TagError: for malformed tags; the message starts with the message's index and role
+            (``"message 1 (user): closing tag '<-!>' at position 44 has no opening tag: …"``), the
+            position counts from the start of that message's content.
+    """
+    parsed = []
+    for index, message in enumerate(messages):
+        try:
+            parsed.append(parse_tags(str(message["content"])))
+        except TagError as error:
+            raise TagError(
+                f"message {index} ({message.get('role')}): {error}",
+                tag=error.tag,
+                position=error.position,
+                snippet=error.snippet,
+            ) from None
+    return parsed
 
 
 def _locate_contents(
@@ -139,7 +166,7 @@ def _char_spans(
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
     if not getattr(tokenizer, "chat_template", None):
         raise GuideValueError("a list of messages needs a tokenizer with a chat template; pass a plain string instead")
-    parsed = [parse_tags(m["content"]) for m in messages]
+    parsed = [parse_tags(prompt)] if isinstance(prompt, str) else parse_message_tags(messages)
     clean = [{**m, "content": p.text} for m, p in zip(messages, parsed)]
     template_kwargs = {"tools": tools} if tools else {}
     rendered = tokenizer.apply_chat_template(clean, tokenize=False, add_generation_prompt=True, **template_kwargs)

@@ -9,7 +9,9 @@ calls and its results back. Everything that does not depend on the framework liv
 - :func:`escape_untrusted_value`: the one walker that makes untrusted values literal;
 - :func:`has_influence_span`: whether a prompt has a ``<?->`` span worth measuring;
 - :func:`astream_pieces`: a :class:`~guide_engine.GenerationStream` stepped from asyncio;
-- :func:`installed_package_folder`: where an installed package (a model shipped on PyPI) lives.
+- :func:`installed_package_folder`: where an installed package (a model shipped on PyPI) lives;
+- :class:`SettingsError`: a wrapper's bad setting, in the engine's words;
+- :func:`check_message_tags`: each message's tags parsed, an error naming the message.
 
 Nothing here imports LangChain or LlamaIndex.
 """
@@ -17,19 +19,37 @@ Nothing here imports LangChain or LlamaIndex.
 from __future__ import annotations
 
 import asyncio
+import difflib
 import importlib.util
+import inspect
 import threading
 import warnings
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from guide_engine import REQUEST_OPTIONS, GenerationStream, GuideEngine, MissingDependencyError, escape_tags, parse_tags
+from pydantic import BaseModel, ValidationError
+
+from guide_engine import (
+    REQUEST_OPTIONS,
+    GenerationStream,
+    GuideEngine,
+    GuideValueError,
+    MissingDependencyError,
+    TagError,
+    escape_tags,
+    parse_tags,
+)
+from guide_engine.alignment import parse_message_tags
 from guide_engine.loading import DEFAULT_MODEL_NAMES, EMBEDDED_GGUF
+from guide_engine.options import EngineDefaults, request_options
+from guide_engine.tags import ParsedText
 
 __all__ = [
     "ENGINE_OPTIONS",
     "MetricName",
+    "SettingsError",
     "astream_pieces",
+    "check_message_tags",
     "escape_untrusted_value",
     "has_influence_span",
     "installed_package_folder",
@@ -103,17 +123,152 @@ def escape_untrusted_value(value: Any, escape_object: Callable[[Any], Any] | Non
 # ---------------------------------------------------------------------------------- span check
 
 
+def check_message_tags(prompt: str | Sequence[Mapping[str, Any]], hint: str = "") -> list[ParsedText]:
+    """The tags of a prompt (a string or ``{"role", "content"}`` messages), parsed as the engine parses them.
+
+    Args:
+        prompt: the prompt as the engine will get it.
+        hint: appended to a :class:`~guide_engine.TagError`'s message: where the wrapper's user
+            can make text literal (``escape_documents``, a template that escapes its variables).
+
+    Raises:
+        TagError: for malformed tags, naming the message (its index and role) and ending with ``hint``.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the engine warns about empty spans once, when it parses
+        try:
+            return [parse_tags(prompt)] if isinstance(prompt, str) else parse_message_tags(prompt)
+        except TagError as error:
+            if not hint:
+                raise
+            raise TagError(f"{error}. {hint}", tag=error.tag, position=error.position, snippet=error.snippet) from None
+
+
 def has_influence_span(prompt: str | Sequence[Mapping[str, Any]]) -> bool:
     """Whether a prompt (a string or ``{"role", "content"}`` messages) has a non-empty ``<?->`` span.
 
     The tags are parsed as the engine parses them, so an escaped ``<\\?->`` and a span with no
     visible text (which the engine ignores) do not count. Malformed tags raise
-    :class:`~guide_engine.TagError` here, before any model runs.
+    :class:`~guide_engine.TagError` here, before any model runs, as :func:`check_message_tags` does.
     """
-    texts = [prompt] if isinstance(prompt, str) else [str(message["content"]) for message in prompt]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the engine warns about empty spans once, when it parses
-        return any(span.kind == "influence" for text in texts for span in parse_tags(text).spans)
+    return any(span.kind == "influence" for parsed in check_message_tags(prompt) for span in parsed.spans)
+
+
+# ------------------------------------------------------------------------------ settings errors
+
+_CONTEXT_FREE_OPTIONS = frozenset(REQUEST_OPTIONS) - {"layers", "heads", "tools", "tool_choice", "response_format"}
+"""Engine options whose check needs no model (layer and head indices are checked per call)."""
+
+_EXPECTED = {
+    "finite_number": "a finite number",
+    "float_parsing": "a finite number",
+    "float_type": "a finite number",
+    "int_parsing": "an integer",
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "bool_parsing": "True or False",
+    "bool_type": "True or False",
+    "string_type": "a string",
+    "list_type": "a list",
+    "dict_type": "a dict",
+    "none_required": "None",
+}
+_BOUNDS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
+
+
+class SettingsError(ValidationError, GuideValueError):
+    """A wrapper's bad setting, said as the engine says it: the name, the value and what is allowed.
+
+    ``ChatGuide(delta_mid="high")`` raises ``delta_mid must be a finite number, got 'high'``, the
+    engine's own message, instead of pydantic's report. It is still pydantic's
+    ``ValidationError`` (``errors()`` lists each bad field), and a
+    :class:`~guide_engine.errors.GuideValueError`, so either ``except`` catches it.
+    """
+
+    message: str
+
+    @classmethod
+    def of(
+        cls,
+        owner: type[BaseModel],
+        error: ValidationError,
+        values: Mapping[str, Any],
+        engine_names: Mapping[str, str] | None = None,
+    ) -> SettingsError:
+        """The error for ``owner(**values)`` that failed with ``error``.
+
+        Args:
+            owner: the wrapper class; unknown names are checked against its fields.
+            error: what pydantic raised.
+            values: the keywords the wrapper was given (the value in a message is the one given).
+            engine_names: the wrapper's names of engine options that differ, e.g.
+                ``{"max_tokens": "max_new_tokens"}``.
+        """
+        messages: dict[str, str] = {}
+        by_field: dict[str, list[Any]] = {}
+        for line in error.errors(include_url=False):
+            field = str(line["loc"][0]) if line["loc"] else ""
+            by_field.setdefault(field, []).append(line)
+        for field, lines in by_field.items():
+            messages[field] = _setting_message(owner, field, lines, values, dict(engine_names or {}))
+        details = [
+            {key: line[key] for key in ("type", "loc", "input", "ctx") if key in line}
+            for line in error.errors(include_url=False)
+        ]
+        made = cls.from_exception_data(owner.__name__, details)  # type: ignore[arg-type]
+        made.message = "; ".join(messages.values())
+        return made
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r})"
+
+
+def _setting_message(
+    owner: type[BaseModel],
+    field: str,
+    lines: list[dict[str, Any]],
+    values: Mapping[str, Any],
+    engine_names: dict[str, str],
+) -> str:
+    """One field's message: the engine's check where the field is an engine option, else pydantic's facts."""
+    if lines[0]["type"] == "extra_forbidden":
+        own = [name for name in owner.model_fields if name in inspect.get_annotations(owner)]
+        close = difflib.get_close_matches(field, list(owner.model_fields), n=1)
+        guess = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"{owner.__name__} has no setting {field!r}{guess}; its settings: {', '.join(own)}"
+    if lines[0]["type"] == "value_error" and "error" in lines[0].get("ctx", {}):
+        return str(lines[0]["ctx"]["error"])  # a validator's own message
+    value = values.get(field, lines[0].get("input"))
+    engine_name = engine_names.get(field, field)
+    if engine_name in _CONTEXT_FREE_OPTIONS or (engine_name == "layers" and isinstance(value, str)):
+        try:
+            request_options(EngineDefaults(num_layers=1, num_heads=1), **{engine_name: value})
+        except GuideValueError as engine_error:
+            return str(engine_error).replace(engine_name, field, 1)
+    expected = []
+    for line in lines:
+        kind, ctx = line["type"], line.get("ctx", {})
+        if kind in _BOUNDS:
+            bound = next(iter(ctx.values()))
+            kind_of = "an integer" if isinstance(bound, int) else "a number"
+            expected.append(f"{kind_of} {_BOUNDS[kind]} {bound}")
+        elif kind == "literal_error":
+            expected.append(str(ctx["expected"]))
+        elif kind in _EXPECTED:
+            item = line["loc"][1:] and isinstance(line["loc"][-1], int)
+            expected.append(
+                f"a list of {_EXPECTED[kind].removeprefix('a ').removeprefix('an ')}s" if item else _EXPECTED[kind]
+            )
+        else:
+            expected.append(str(line["msg"]).removeprefix("Input should be ").removeprefix("Value error, "))
+    info = owner.model_fields.get(field)
+    if info is not None and type(None) in get_args(info.annotation):
+        expected.append("None")
+    unique = list(dict.fromkeys(expected))
+    return f"{field} must be {' or '.join(unique)}, got {value!r}"
 
 
 # ---------------------------------------------------------------------------------- async pump

@@ -522,3 +522,56 @@ def test_short_soak_returns_threads_and_files_to_baseline_and_memory_stays_flat(
     assert fds <= baseline[1], f"{fds} open files, {baseline[1]} before"
     assert growth < 50, f"resident memory grew {growth:.1f} MiB after warm-up"
     assert engine.generate(PROMPT, delta_mid=2.0).token_ids == reference.token_ids  # still the same engine
+
+
+# ------------------------------------------------------------------ bad messages name themselves
+
+
+@pytest.mark.parametrize("role", ["users", "human", "ai", "developer", "", None])
+def test_an_unknown_message_role_is_refused_with_the_allowed_roles(engine, role):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": role, "content": "hi"}]
+    with pytest.raises(GuideError) as info:
+        engine.generate(messages)
+    assert str(info.value) == f"message 1 has role {role!r}; allowed: system, user, assistant, tool"
+    assert isinstance(info.value, ValueError)
+
+
+def test_every_allowed_role_renders(engine):
+    from guide_engine.alignment import ROLES
+
+    messages = [{"role": role, "content": f"<!-> {role} <-!>"} for role in ROLES] + [{"role": "user", "content": "ok"}]
+    spans = engine.encode(messages).spans
+    assert [(s.message_index, s.text) for s in spans] == [(i, f" {role} ") for i, role in enumerate(ROLES)]
+
+
+def test_a_tag_error_in_a_message_names_the_message_and_its_role(engine):
+    messages = [{"role": "system", "content": "<!-> Be brief. <-!>"}, {"role": "user", "content": "Read: a <-!> b"}]
+    with pytest.raises(TagError) as info:
+        engine.generate(messages)
+    assert str(info.value) == (
+        "message 1 (user): closing tag '<-!>' at position 8 has no opening tag '<!->': 'Read: a <-!> b'"
+    )
+    assert (info.value.tag, info.value.position) == ("<-!>", 8)  # the position counts within the message
+    with pytest.raises(TagError) as plain:  # a string prompt is no message: the parser's own words
+        engine.generate("Read: a <-!> b")
+    assert str(plain.value) == "closing tag '<-!>' at position 8 has no opening tag '<!->': 'Read: a <-!> b'"
+
+
+def _example(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"example_{name}", ROOT / "examples" / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_demo_shows_progress_and_gets_the_same_answer(engine, capsys):
+    demo = _example("demo")
+    result = demo.generate(engine, PROMPT, "GUIDE, Δ = 1", max_new_tokens=5, delta_mid=1.0)
+    assert result.token_ids == engine.generate(PROMPT, max_new_tokens=5, delta_mid=1.0).token_ids
+    out, err = capsys.readouterr()
+    assert re.fullmatch(rf"  GUIDE, Δ = 1: {result.completion_tokens} tokens in \d+\.\d s\n", out), out
+    assert "GUIDE, Δ = 1" in err and "reading the prompt" in err  # the bar, on stderr, while it runs

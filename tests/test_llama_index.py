@@ -389,3 +389,33 @@ def test_example_runs(tmp_path):
     assert rebuilt.generation_start > 0 and summary["influence_events"] == 1
     assert (tmp_path / "influence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Answer:" in done.stdout and "literal characters: True" in done.stdout
+
+
+# ------------------------------------------------------------- errors said as the engine says them
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"delta_mid": "high"}, "delta_mid must be a finite number, got 'high'"),
+        ({"contrast": "sometimes"}, "contrast must be a number >= 0 or 'auto', got 'sometimes'"),
+        ({"contrast": -1.0}, "contrast must be >= 0 (0 = off, e.g. 1 or 4) or 'auto', got -1.0"),
+        ({"delta_queries": "some"}, "delta_queries must be one of ('all', 'output'), got 'some'"),
+        ({"top_k": -1}, "top_k must be an integer >= 0 (0 = off), got -1"),
+        ({"max_new_tokens": 0}, "max_new_tokens must be a positive integer, got 0"),
+        ({"heads": [0, "x"]}, "heads must be a list of integers or None, got [0, 'x']"),
+        ({"context_window": 0}, "context_window must be an integer > 0 or None, got 0"),
+    ],
+)
+def test_a_bad_field_is_refused_in_the_engines_words(kwargs, message):
+    from guide_integrations.core import SettingsError
+
+    with pytest.raises(SettingsError) as info:
+        GuideLLM(**kwargs)  # refused before any model loads
+    assert str(info.value) == message
+    assert isinstance(info.value, GuideError) and isinstance(info.value, ValidationError)
+
+
+def test_a_misspelt_field_names_the_closest_one():
+    with pytest.raises(GuideError, match=r"^GuideLLM has no setting 'delta_midd' \(did you mean 'delta_mid'\?\); "):
+        GuideLLM(delta_midd=1.0)

@@ -11,7 +11,7 @@ from langchain_core.language_models import LangSmithParams, LanguageModelInput
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableConfig
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from guide_engine import (
     GenerationResult,
@@ -23,7 +23,7 @@ from guide_engine import (
 )
 from guide_engine.errors import GenerationTimeoutError, GuideValueError
 
-from ..core import MetricName, astream_pieces, model_display_name
+from ..core import MetricName, SettingsError, astream_pieces, model_display_name
 from . import batching
 from .callbacks import INFLUENCE_EVENT
 from .messages import (
@@ -33,7 +33,7 @@ from .messages import (
     tool_call_chunks,
     unfinished_call_chunks,
 )
-from .request import ENGINE_EXTRAS, Request, build_request
+from .request import ENGINE_EXTRAS, FIELD_OPTIONS, Request, build_request
 from .runs import RunAwareChatModel, RunEvents, take_run_events
 from .tools import (
     StructuredMethod,
@@ -77,7 +77,7 @@ class ChatGuide(RunAwareChatModel):
     lets ``_stream`` reach its run, which LangChain does not hand it (``runs``).
 
     Example:
-        >>> llm = ChatGuide(model="default", delta_mid=2.0, max_tokens=120, temperature=0)
+        >>> llm = ChatGuide(model="default", delta_mid=1.0, max_tokens=120, temperature=0)
         >>> llm.invoke("<!!-> Answer in French. <-!!> What is the capital of Italy?").content
     """
 
@@ -153,6 +153,18 @@ class ChatGuide(RunAwareChatModel):
     )
 
     _engine: GuideEngine | None = PrivateAttr(default=None)
+
+    def __init__(self, **data: Any) -> None:
+        """Check the settings and load (or reuse) the model.
+
+        Raises:
+            SettingsError: a bad setting, in the engine's words (``delta_mid must be a finite
+                number, got 'high'``); also pydantic's ``ValidationError`` and a ``GuideValueError``.
+        """
+        try:
+            super().__init__(**data)
+        except ValidationError as error:
+            raise SettingsError.of(type(self), error, data, FIELD_OPTIONS) from None
 
     @model_validator(mode="before")
     @classmethod

@@ -11,7 +11,7 @@ from langchain_core.messages import BaseMessage
 from guide_engine import GuideEngine, shared_engine
 from guide_engine.errors import GuideValueError
 
-from ..core import ENGINE_OPTIONS, has_influence_span, model_display_name, unknown_options
+from ..core import ENGINE_OPTIONS, check_message_tags, model_display_name, unknown_options
 from .messages import to_engine_prompt
 
 if TYPE_CHECKING:
@@ -43,6 +43,12 @@ ENGINE_EXTRAS = tuple(name for name in ENGINE_OPTIONS if name not in {*FIELD_OPT
 
 _IGNORED = ("stream", "ls_structured_output_format")  # LangChain's own: invoke vs stream, tracing metadata
 _OTHER_NAMES = {"max_new_tokens": "max_tokens"}  # another framework's name -> ChatGuide's
+UNESCAPED_TEXT_HINT = (
+    "If that text came from a template variable (a document, a user's input), make it literal: "
+    "{'document': escape_documents} | prompt, or build the prompt with GuideChatPromptTemplate, "
+    "which escapes every variable"
+)
+"""Appended to a tag error in a message: the two ways to keep outside text from making spans."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +97,7 @@ def build_request(
     Raises:
         GuideValueError: for a keyword ChatGuide does not know.
         MessageError: for a message that cannot be sent (see :func:`to_engine_prompt`).
-        TagError: for malformed tags.
+        TagError: for malformed tags, naming the message and how to escape outside text.
     """
     for name, ours in _OTHER_NAMES.items():
         if name in kwargs:
@@ -113,7 +119,8 @@ def build_request(
     for name, engine_name in FIELD_OPTIONS.items():
         if name != "metric" and value[name] is not None:  # None: the engine's own default
             options[engine_name] = value[name]
-    if measure and value["metric"] is not None and has_influence_span(prompt):
+    parsed = check_message_tags(prompt, UNESCAPED_TEXT_HINT)  # a tag error names its message
+    if measure and value["metric"] is not None and any(s.kind == "influence" for p in parsed for s in p.spans):
         options["metric"] = value["metric"]
     load_kwargs = dict(llm.load_kwargs)
     if "model" not in kwargs and llm.gguf_file is not None:

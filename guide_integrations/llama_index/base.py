@@ -34,7 +34,7 @@ from llama_index.core.llms.llm import ToolSelection
 from llama_index.core.program.streaming_utils import process_streaming_content_incremental
 from llama_index.core.prompts.base import BasePromptTemplate
 from llama_index.core.types import PydanticProgramMode
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from guide_engine import (
     GenerationResult,
@@ -48,7 +48,15 @@ from guide_engine import (
 from guide_engine.errors import GuideValueError
 from guide_engine.loading import DEFAULT_MODEL_NAMES
 
-from ..core import MetricName, astream_pieces, has_influence_span, model_display_name, token_usage, unknown_options
+from ..core import (
+    MetricName,
+    SettingsError,
+    astream_pieces,
+    has_influence_span,
+    model_display_name,
+    token_usage,
+    unknown_options,
+)
 from .events import GUIDE_METADATA_KEY, InfluenceEvent, ResponseAnnotator
 from .messages import engine_messages, escape_end_user_texts, openai_tool_calls, tool_selections, trusted_copy
 from .options import CALL_OPTIONS, FIELD_OPTIONS, check_names, from_generate_kwargs
@@ -79,7 +87,7 @@ class GuideLLM(FunctionCallingLLM):
 
     Example:
         >>> from llama_index.core import Settings, VectorStoreIndex, PromptTemplate
-        >>> Settings.llm = GuideLLM(model="default", delta_mid=2.0, max_new_tokens=128)
+        >>> Settings.llm = GuideLLM(model="default", delta_mid=0.5, max_new_tokens=128)  # RAG: see Choosing Δ
         >>> qa = PromptTemplate("Context:\\n{context_str}\\n<!!-> Answer only from the context. <-!!>\\n"
         ...                     "Question: {query_str}\\nAnswer: ")
         >>> index.as_query_engine(text_qa_template=qa).query("...")
@@ -181,6 +189,8 @@ class GuideLLM(FunctionCallingLLM):
                 shares it.
 
         Raises:
+            SettingsError: a field's bad value or an unknown field, in the engine's words
+                (``delta_mid must be a finite number, got 'high'``); also pydantic's ``ValidationError``.
             GuideValueError: ``max_tokens`` (use ``max_new_tokens``), an unknown ``generate_kwargs``
                 key, a ``context_window`` larger than the model's, ``engine`` with load options.
         """
@@ -191,7 +201,10 @@ class GuideLLM(FunctionCallingLLM):
             data.setdefault("model", str(getattr(engine.model.config, "name_or_path", "") or "engine"))
         if data.get("generate_kwargs"):
             data.update(from_generate_kwargs(data["generate_kwargs"], data))
-        super().__init__(**data)
+        try:
+            super().__init__(**data)
+        except ValidationError as error:  # said as the engine says it: name, value, what is allowed
+            raise SettingsError.of(type(self), error, data) from None
         load = {
             k: v
             for k, v in (("gguf_file", self.gguf_file), ("dtype", self.dtype), ("device_map", self.device_map))
