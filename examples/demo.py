@@ -14,11 +14,15 @@ answer; across all of them the rates printed below are what to expect.
 from __future__ import annotations
 
 import argparse
+import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
-from guide_engine import GuideEngine, escape_tags
+from tqdm import tqdm  # installed with transformers
+
+from guide_engine import GenerationResult, GuideEngine, escape_tags
 
 # From the Python documentation (pydoc_data.topics), as the quality benchmark cuts it: 256 tokens.
 TEXT = (
@@ -61,6 +65,20 @@ def side_by_side(left_title: str, left: str, right_title: str, right: str, width
         print(f"{a:<{width}} | {b}")
 
 
+def generate(engine: GuideEngine, prompt: str, label: str, **options: Any) -> GenerationResult:
+    """One answer, streamed under a progress bar (on stderr): the prompt is read, then each text piece ticks."""
+    started = time.perf_counter()
+    stream = engine.stream(prompt, **options)
+    with tqdm(total=options["max_new_tokens"], desc=f"  {label}", unit="piece", leave=False, file=sys.stderr) as bar:
+        bar.set_postfix_str("reading the prompt")
+        for _ in stream:
+            bar.set_postfix_str("writing")
+            bar.update(1)
+    result = stream.run_to_end()
+    print(f"  {label}: {result.completion_tokens} tokens in {time.perf_counter() - started:.1f} s", flush=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-new-tokens", type=int, default=40)
@@ -74,18 +92,21 @@ def main() -> None:
     print(f"Prompt ({len(engine.encode(PROMPT).input_ids)} tokens): {PROMPT[:160]!r} …\n")
 
     options = {"max_new_tokens": args.max_new_tokens}
-    plain = engine.generate(PROMPT, delta_mid=0.0, **options)
-    guided = engine.generate(PROMPT, delta_mid=args.delta_mid, **options)
+    print("Generating the two answers:", flush=True)
+    plain = generate(engine, PROMPT, "no emphasis", delta_mid=0.0, **options)
+    guided = generate(engine, PROMPT, f"GUIDE, Δ = {args.delta_mid:g}", delta_mid=args.delta_mid, **options)
     span = guided.spans[0]
-    print(f"Emphasized: {span.text.strip()!r}, tokens {span.token_start}-{span.token_end}, Δ = {span.delta:g}\n")
+    print(f"\nEmphasized: {span.text.strip()!r}, tokens {span.token_start}-{span.token_end}, Δ = {span.delta:g}\n")
     side_by_side("No emphasis", plain.text, f"GUIDE, Δ = {span.delta:g}", guided.text)
     print(f"\n{EVIDENCE}")
     print("SmolLM2-135M's French is poor: emphasis changes which language it answers in, not how well it writes.")
 
     if not args.skip_long:
         print(f"\nThe same instruction before a longer text ({len(engine.encode(LONG_PROMPT).input_ids)} tokens):\n")
-        alone = engine.generate(LONG_PROMPT, delta_mid=args.delta_mid, **options)
-        auto = engine.generate(LONG_PROMPT, delta_mid=args.delta_mid, contrast="auto", **options)
+        print('Generating the two answers (contrast="auto" runs a second batch row: about twice the time):', flush=True)
+        alone = generate(engine, LONG_PROMPT, f"GUIDE, Δ = {args.delta_mid:g}", delta_mid=args.delta_mid, **options)
+        auto = generate(engine, LONG_PROMPT, 'contrast="auto"', delta_mid=args.delta_mid, contrast="auto", **options)
+        print()
         side_by_side(f"GUIDE, Δ = {args.delta_mid:g}", alone.text, 'GUIDE, Δ = 1, contrast="auto"', auto.text)
         print(f"\n{LONG_EVIDENCE}")
 

@@ -43,7 +43,11 @@ def main() -> None:
     parser.add_argument("--out", default=".", help="folder for influence.png")
     args = parser.parse_args()
 
-    llm = ChatGuide(model="default", delta_mid=2.0, max_tokens=args.max_tokens, temperature=0)
+    # An instruction that shapes the answer: Δ = 1, with contrast where it lies far before the end (as in
+    # the README; this document is short, so "auto" does not contrast). See docs/choosing-delta.md.
+    llm = ChatGuide(
+        model="default", delta_mid=1.0, model_kwargs={"contrast": "auto"}, max_tokens=args.max_tokens, temperature=0
+    )
     inputs = {"document": DOCUMENT}
 
     print("== 1. Without emphasis")
