@@ -214,7 +214,7 @@ def _load_error(model: Any, error: Exception) -> ModelLoadError:
         offline = hub_offline_variable()
         if not _looks_like_hub_id(name):
             return ModelLoadError(f"could not load model {model!r}: there is no such folder. {options}")
-        if offline is not None:
+        if offline is not None and isinstance(error, OSError):  # its files are missing, not broken
             return ModelLoadError(
                 f"could not load model {model!r}: it is not a local folder, and the Hugging Face hub is "
                 f"offline ({offline}={os.environ[offline]}), so it was looked up only in the local cache, "
