@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -315,3 +316,110 @@ def test_greedy_agreement_with_the_engine_is_at_least_plain_vllm_with_transforme
         f"vLLM-GUIDE vs GuideEngine {guide_rate:.3f}, plain vLLM vs transformers {plain_rate:.3f}"
     )
     assert guide_rate >= plain_rate - 1e-9
+
+
+README_KEY = "sk-guide-readme-7c41e9"
+README_START_S = 900  # no --enforce-eager: vLLM compiles the model with inductor first
+
+
+def _readme_serve_command(port: int) -> tuple[list[str], dict[str, str]]:
+    """The README's ``guide serve`` line (after ``&&``): its arguments, with ``port`` and the key, and its variables."""
+    readme = Path(__file__).parents[1] / "README.md"
+    [line] = [line for line in readme.read_text().splitlines() if ".venv-vllm/bin/guide serve" in line]
+    words = shlex.split(line.split("&&")[-1].replace('"$KEY"', README_KEY))
+    variables = dict(word.split("=", 1) for word in words if "=" in word and not word.startswith("-"))
+    command = words[len(variables) :]
+    assert command[:2] == [".venv-vllm/bin/guide", "serve"]
+    assert command[2:] == ["--port", "8000"]  # the test below is the README's line: change both together
+    return [str(Path(sys.executable).with_name("guide")), "serve", "--port", str(port)], variables
+
+
+@pytest.fixture(scope="class")
+def readme(tmp_path_factory):
+    """The README's server, its log and its process: started once for TestTheReadmeCommand, stopped after it."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("readme") / "server.log"
+    command, variables = _readme_serve_command(port)
+    assert variables == {"VLLM_API_KEY": README_KEY}
+    env = {k: v for k, v in os.environ.items() if k not in ("VLLM_CPU_KVCACHE_SPACE", "VLLM_API_KEY")}
+    env = {**env, **variables, "HF_HUB_OFFLINE": "1"}
+    started = time.monotonic()
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"guide serve exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(base + "/health", timeout=2) as reply:
+                    if reply.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() - started > README_START_S:
+                pytest.fail(f"guide serve did not start in {README_START_S} s:\n{log.read_text()[-3000:]}")
+            time.sleep(2)
+        print(f"the README's guide serve started in {time.monotonic() - started:.0f} s; log: {log}")
+        yield base, log, process
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+class TestTheReadmeCommand:
+    """The README's ``VLLM_API_KEY="$KEY" guide serve --port 8000`` (on a free port), no other flag or variable."""
+
+    def test_it_serves_the_weights_fp32_in_a_kv_cache_that_fits(self, readme):
+        base, log, _ = readme
+        openai = pytest.importorskip("openai")
+        client = openai.OpenAI(base_url=base + "/v1", api_key=README_KEY)
+        assert _chat(client, "<!!->Answer in one word.<-!!> What color is snow?", delta_mid=2.0).message.content
+        text = log.read_text()
+        [command] = [line for line in text.splitlines() if line.startswith("guide serve: ") and " -m " in line]
+        assert " --dtype float32 " in command
+        assert " --kv-cache-memory-bytes " in command
+        assert "GiB for KV cache" in text  # vLLM's line for an explicit budget
+        assert "Explicitly set" in text
+        assert "Downcasting" not in text
+        assert "Attempted to load weight" not in text
+
+    def test_the_key_is_required_and_never_shown(self, readme):
+        psutil = pytest.importorskip("psutil")
+        base, log, process = readme
+
+        def status(key):
+            request = urllib.request.Request(base + "/v1/models", headers={"Authorization": f"Bearer {key}"})
+            try:
+                with urllib.request.urlopen(request) as reply:
+                    return reply.status
+            except urllib.error.HTTPError as error:
+                return error.code
+
+        assert status("wrong") == 401
+        assert status(README_KEY) == 200
+        text = log.read_text()
+        assert "VLLM_API_KEY=*** python -m vllm.entrypoints.openai.api_server" in text
+        assert README_KEY not in text
+        server = psutil.Process(process.pid)  # guide serve became the API server (same pid)
+        processes = [server, *server.children(recursive=True)]
+        assert len(processes) >= 2  # the API server and vLLM's engine core at least
+        for each in processes:
+            assert README_KEY not in " ".join(each.cmdline())
+
+    def test_delta_influence_biases_the_influence_span_as_delta_mid_biases_emphasis(self, readme):
+        base, _, _ = readme
+        openai = pytest.importorskip("openai")
+        client = openai.OpenAI(base_url=base + "/v1", api_key=README_KEY)
+        plain = _chat(client, "Write one sentence about cats and dogs.")
+        unbiased = _chat(client, "Write one sentence about cats and <?->dogs<-?>.")  # delta_influence defaults to 0
+        influence = _chat(client, "Write one sentence about cats and <?->dogs<-?>.", delta_influence=-5)
+        emphasis = _chat(client, "Write one sentence about cats and <!!->dogs<-!!>.", delta_mid=-5)
+        assert unbiased.token_ids == plain.token_ids
+        assert influence.token_ids == emphasis.token_ids
+        assert influence.token_ids != plain.token_ids
+        with pytest.raises(openai.BadRequestError, match="metric is an option of GuideEngine"):
+            _chat(client, "<?->a<-?> b", metric="influence")
