@@ -457,16 +457,21 @@ def checked_options(options: dict[str, Any], sizes: ModelSizes) -> dict[str, Any
 # ------------------------------------------------------------------------------------ commands
 
 PromptArg = typer.Argument(
-    None, help="The prompt, with GUIDE tags; '-' or omitted: read from stdin.", show_default=False
+    None, metavar="PROMPT", help="The prompt, with GUIDE tags; '-' or omitted: read from stdin.", show_default=False
 )
 ModelOpt = typer.Option(
     "default",
     "--model",
     "-m",
+    metavar="<model>",
     help="'default' (embedded SmolLM2-135M-Instruct), a hub id, a folder or a .gguf file.",
 )
-GgufOpt = typer.Option(None, "--gguf-file", help="GGUF file name inside --model (a folder or hub repository).")
-SystemOpt = typer.Option(None, "--system", help="A system message (tags allowed) sent before the prompt.")
+GgufOpt = typer.Option(
+    None, "--gguf-file", metavar="<file>", help="GGUF file name inside --model (a folder or hub repository)."
+)
+SystemOpt = typer.Option(
+    None, "--system", metavar="<text>", help="A system message (tags allowed) sent before the prompt."
+)
 PenaltyOpt = typer.Option(
     1.0, "--repetition-penalty", parser=number, help="Above 1 discourages repeats (transformers' own); 1 = off."
 )
@@ -493,13 +498,20 @@ def generate(
     temperature: float = typer.Option(0.0, "--temperature", parser=number, help="0 = greedy."),
     top_p: float = typer.Option(1.0, "--top-p", parser=number, help="Nucleus sampling mass, in (0, 1]."),
     seed: int | None = typer.Option(None, "--seed", parser=whole_number, help="Random seed for sampling."),
-    stop: list[str] | None = typer.Option(None, "--stop", help="Stop before this string (repeatable)."),
-    layers: str | None = typer.Option(None, "--layers", help="Layers that get the bias: 'all' or e.g. 0,1,2."),
+    stop: list[str] | None = typer.Option(
+        None, "--stop", metavar="<text>", help="Stop before this string (repeatable)."
+    ),
+    layers: str | None = typer.Option(
+        None, "--layers", metavar="<layers>", help="Layers that get the bias: 'all' or e.g. 0,1,2."
+    ),
     system: str | None = SystemOpt,
     as_json: bool = JsonOpt,
     repetition_penalty: float = PenaltyOpt,
     json_schema: str | None = typer.Option(
-        None, "--json-schema", help="Constrain the output to this JSON schema (inline JSON or a file path)."
+        None,
+        "--json-schema",
+        metavar="<json|file>",
+        help="Constrain the output to this JSON schema (inline JSON or a file path).",
     ),
     delta_queries: DeltaQueriesChoice = typer.Option(
         DeltaQueriesChoice["all"],
@@ -509,7 +521,7 @@ def generate(
     contrast: str = typer.Option(
         "0",
         "--contrast",
-        metavar="γ|auto",
+        metavar="<γ|auto>",
         help="γ of contrastive emphasis: l_Δ + γ (l_Δ − l_0); 0 = off; auto = 4 for far emphasis.",
     ),
 ) -> None:
@@ -559,11 +571,18 @@ def influence(
     max_new_tokens: int = typer.Option(
         40, "--max-new-tokens", parser=positive_whole_number, help="Most tokens to generate."
     ),
-    plot: str | None = typer.Option(None, "--plot", help="Write the log-influence figure to this PNG."),
-    html_path: str | None = typer.Option(None, "--html", help="Write the token heatmap to this HTML file."),
+    plot: str | None = typer.Option(
+        None, "--plot", metavar="<file.png>", help="Write the log-influence figure to this PNG."
+    ),
+    html_path: str | None = typer.Option(
+        None, "--html", metavar="<file.html>", help="Write the token heatmap to this HTML file."
+    ),
     as_json: bool = JsonOpt,
     layers_to_plot: str | None = typer.Option(
-        None, "--layers-to-plot", help="Layers in the PNG, e.g. 0,15,29 (default first, middle, last)."
+        None,
+        "--layers-to-plot",
+        metavar="<layers>",
+        help="Layers in the PNG, e.g. 0,15,29 (default first, middle, last).",
     ),
     window: int = typer.Option(
         5, "--window", parser=positive_whole_number, help="Tokens in the rolling mean of the PNG."
