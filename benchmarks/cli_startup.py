@@ -49,7 +49,7 @@ def wall_seconds(command: list[str]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=15, help="runs of each fast command")
+    parser.add_argument("--repeats", type=int, default=21, help="runs of each fast command")
     parser.add_argument("--engine-repeats", type=int, default=3, help="runs of `guide generate --help` (0: none)")
     parser.add_argument("--out", default=None, help="write <out>.json and <out>.md")
     args = parser.parse_args()
