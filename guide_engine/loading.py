@@ -158,6 +158,7 @@ def _convert(folder: str, gguf: str, target: Path, progress: bool) -> None:
     stage(f"first use of {gguf}: converting it once into {target}; later loads read that folder")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f"{target.name}.tmp-", dir=target.parent))
+    staging.chmod(0o755)  # mkdtemp's 0o700 would stay on the renamed folder
     try:
         stage("1/4 reading the tokenizer from the GGUF file")
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)

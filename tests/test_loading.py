@@ -132,6 +132,7 @@ def test_the_embedded_model_loads_from_its_converted_folder_as_the_gguf_does(mon
         assert stage in progress
     assert engine.model.name_or_path == folder
     assert [p.name for p in Path(folder).parent.iterdir()] == [Path(folder).name]  # no staging folder left
+    assert Path(folder).stat().st_mode & 0o777 == 0o755  # readable by whoever shares the cache
 
     again = GuideEngine.from_pretrained("default")
     assert capfd.readouterr().err.count("guide: ") == 0  # warm: nothing converted, nothing said
