@@ -419,3 +419,27 @@ def test_a_bad_field_is_refused_in_the_engines_words(kwargs, message):
 def test_a_misspelt_field_names_the_closest_one():
     with pytest.raises(GuideError, match=r"^GuideLLM has no setting 'delta_midd' \(did you mean 'delta_mid'\?\); "):
         GuideLLM(delta_midd=1.0)
+
+
+def test_compile_and_the_load_options_reach_the_shared_engine(monkeypatch, smol_tokenizer):
+    """``GuideLLM(compile=True, dtype=...)`` asks the registry for a compiled engine with those options."""
+    from guide_engine import GuideEngine
+    from guide_integrations.llama_index import base
+    from tests.reference import tiny_model
+
+    asked: list[tuple] = []
+    tiny = GuideEngine(tiny_model("llama"), smol_tokenizer)
+
+    def fake_shared_engine(model, **load):
+        asked.append((model, load))
+        return tiny
+
+    monkeypatch.setattr(base, "shared_engine", fake_shared_engine)
+    GuideLLM(model="org/model", compile=True, dtype="bfloat16")
+    GuideLLM(model="org/model", compile={"mode": "max-autotune"})
+    GuideLLM(model="org/model")
+    assert asked == [
+        ("org/model", {"dtype": "bfloat16", "compile": True}),
+        ("org/model", {"compile": {"mode": "max-autotune"}}),
+        ("org/model", {}),
+    ]

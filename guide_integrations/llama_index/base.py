@@ -114,6 +114,11 @@ class GuideLLM(FunctionCallingLLM):
     device_map: str | dict[str, Any] | None = Field(
         default=None, description="transformers device_map, e.g. 'auto' or 'cpu'."
     )
+    compile: bool | dict[str, Any] = Field(
+        default=False,
+        description="Decode with a static cache and torch.compile (CUDA graphs on a GPU): True, or torch.compile "
+        "options; the same tokens as eager decoding (GuideEngine's `compile`).",
+    )
     context_window: int | None = Field(
         default=None,
         gt=0,
@@ -210,6 +215,8 @@ class GuideLLM(FunctionCallingLLM):
             for k, v in (("gguf_file", self.gguf_file), ("dtype", self.dtype), ("device_map", self.device_map))
             if v is not None
         }
+        if self.compile is not False:
+            load["compile"] = self.compile
         if engine is not None and load:
             raise GuideValueError(f"pass either engine= or the load options {sorted(load)}, not both")
         model = None if self.model in DEFAULT_MODEL_NAMES else self.model
