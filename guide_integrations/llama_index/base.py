@@ -210,7 +210,7 @@ class GuideLLM(FunctionCallingLLM):
             super().__init__(**data)
         except ValidationError as error:  # said as the engine says it: name, value, what is allowed
             raise SettingsError.of(type(self), error, data) from None
-        load = {
+        load: dict[str, Any] = {
             k: v
             for k, v in (("gguf_file", self.gguf_file), ("dtype", self.dtype), ("device_map", self.device_map))
             if v is not None
