@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+import transformers
 from transformers import StaticCache
 
 from .errors import GuideValueError, ModelNotSupportedError
@@ -60,8 +61,6 @@ def check_prefill(model: Any, cache: Any, prompt_len: int) -> None:
     """
     held = int(cache.get_seq_length())
     if held != prompt_len:
-        import transformers
-
         raise ModelNotSupportedError(
             f"{type(model).__name__} did not fill the KV cache passed as {cache_keyword(model)!r} "
             f"(it holds {held} tokens after a {prompt_len}-token prefill) with transformers "
@@ -111,7 +110,6 @@ class CompiledDecoding:
         except TypeError as error:
             raise GuideValueError(f"compile options {options!r} are not torch.compile's: {error}") from error
         self.model = model
-        self.options = options
         self.shapes: set[tuple[int, int]] = set()
         """The (rows, cache length) pairs decoded so far: one compiled graph each."""
         self._pool: dict[tuple[int, int], list[StaticCache]] = {}
