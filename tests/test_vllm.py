@@ -39,6 +39,24 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _wait_until_healthy(process: subprocess.Popen, base: str, log: Path, limit_s: float, what: str) -> None:
+    """Return once ``base``/health answers 200; fail the test (with the log's end) if the server exits or
+    ``limit_s`` seconds pass first."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"{what} exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(base + "/health", timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not start in {limit_s} s:\n{log.read_text()[-3000:]}")
+        time.sleep(2)
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
     """``guide serve`` (the installed command) on the embedded model, fp32, started once per session."""
@@ -51,20 +69,8 @@ def server(tmp_path_factory):
     with open(log, "w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + SERVER_START_S
     try:
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"the vLLM server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=2) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the vLLM server did not start in {SERVER_START_S} s:\n{log.read_text()[-3000:]}")
-            time.sleep(2)
+        _wait_until_healthy(process, base, log, SERVER_START_S, "the vLLM server")
         yield base
     finally:
         process.terminate()
@@ -348,18 +354,7 @@ def readme(tmp_path_factory):
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"guide serve exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=2) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() - started > README_START_S:
-                pytest.fail(f"guide serve did not start in {README_START_S} s:\n{log.read_text()[-3000:]}")
-            time.sleep(2)
+        _wait_until_healthy(process, base, log, README_START_S, "guide serve")
         print(f"the README's guide serve started in {time.monotonic() - started:.0f} s; log: {log}")
         yield base, log, process
     finally:
