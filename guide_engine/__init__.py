@@ -5,7 +5,7 @@ Importing the package registers the ``"guide"`` attention implementation with tr
 
 Modules, each importing only those listed before it: ``errors`` → ``tags`` → ``alignment`` →
 ``tools`` → ``options`` → ``constraints`` → ``plots`` → ``attention`` → ``influence`` →
-``kv_cache`` → ``decoding`` → ``loading`` → ``engine`` → ``registry`` → ``pipeline`` → ``cli`` (checked by
+``kv_cache`` → ``decoding`` → ``loading`` → ``engine`` → ``registry`` → ``pay_attention_pipeline`` → ``cli`` (checked by
 ``tests/test_architecture.py``).
 """
 
@@ -25,8 +25,8 @@ from .errors import (
 )
 from .influence import InfluenceResult
 from .options import REQUEST_OPTIONS
-from .pipeline import PayAttentionPipeline
-from .pipeline import register_pipeline as _register_pipeline
+from .pay_attention_pipeline import PayAttentionPipeline
+from .pay_attention_pipeline import register_pipeline as _register_pipeline
 from .registry import shared_engine
 from .tags import ParsedText, Span, escape_tags, parse_tags, strip_tags
 from .tools import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, ToolCall

@@ -32,7 +32,7 @@ LAYERS = [
     "loading",
     "engine",
     "registry",
-    "pipeline",
+    "pay_attention_pipeline",
     "cli",
 ]
 """guide_engine's modules, lowest first: each may import only modules before it.

@@ -44,7 +44,7 @@ from guide_integrations.langchain import (
     escape_untrusted,
     to_engine_prompt,
 )
-from guide_integrations.langchain.request import build_request, model_display_name
+from guide_integrations.langchain.options import build_request, model_display_name
 from tests.scripted import CALL, scripted_engine
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -27,10 +27,10 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
         'guide_integrations.langchain needs langchain-core; install it with `pip install "guide-attention[langchain]"`'
     ) from error
 
-from .callbacks import INFLUENCE_EVENT, InfluenceCallbackHandler
+from .events import INFLUENCE_EVENT, InfluenceCallbackHandler
 from .chat_model import ChatGuide
 from .messages import MessageError, escape_documents, escape_untrusted, to_engine_prompt
-from .prompts import GuideChatPromptTemplate
+from .templates import GuideChatPromptTemplate
 
 __all__ = [
     "INFLUENCE_EVENT",

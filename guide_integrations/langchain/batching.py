@@ -34,7 +34,7 @@ from langchain_core.runnables.config import get_config_list
 
 from guide_engine import GenerationResult, GuideEngine, GuideError
 
-from .request import Request, build_request
+from .options import Request, build_request
 
 if TYPE_CHECKING:
     from .chat_model import ChatGuide

@@ -25,7 +25,7 @@ from guide_engine.errors import GenerationTimeoutError, GuideValueError
 
 from ..core import MetricName, SettingsError, astream_pieces, model_display_name
 from . import batching
-from .callbacks import INFLUENCE_EVENT
+from .events import INFLUENCE_EVENT
 from .messages import (
     final_chunk,
     to_ai_message,
@@ -33,7 +33,7 @@ from .messages import (
     tool_call_chunks,
     unfinished_call_chunks,
 )
-from .request import ENGINE_EXTRAS, FIELD_OPTIONS, Request, build_request
+from .options import ENGINE_EXTRAS, FIELD_OPTIONS, Request, build_request
 from .runs import RunAwareChatModel, RunEvents, take_run_events
 from .tools import (
     StructuredMethod,

@@ -30,7 +30,7 @@ from pydantic import Field, PrivateAttr
 
 from guide_engine import InfluenceResult
 
-from .spans import RootSpanHandler
+from .span_handlers import RootSpanHandler
 
 __all__ = ["GUIDE_METADATA_KEY", "InfluenceEvent", "InfluenceEventHandler", "ResponseAnnotator"]
 

@@ -26,7 +26,7 @@ from pydantic import PrivateAttr
 
 from guide_engine import escape_tags
 
-from .spans import RootSpanHandler
+from .span_handlers import RootSpanHandler
 
 __all__ = ["EndUserTexts"]
 
