@@ -3,7 +3,9 @@
 Both wrappers translate their framework's calls into the same :class:`~guide_engine.GuideEngine`
 calls and its results back. Everything that does not depend on the framework lives here, once:
 
-- :data:`ENGINE_OPTIONS`: the keywords of ``GuideEngine.generate``/``stream``/``generate_batch``;
+- :func:`check_engine_setting`: a wrapper's setting checked by the engine's own check, the one range check;
+- :func:`json_schema_format`: a JSON schema as the engine's ``response_format``;
+- :func:`stream_result` / :func:`agenerate`: a finished stream's result, a result decoded from asyncio;
 - :func:`model_display_name`: the name a response reports for a model;
 - :func:`token_usage`: the token counts of one result;
 - :func:`escape_untrusted_value`: the one walker that makes untrusted values literal;
@@ -25,14 +27,16 @@ import inspect
 import threading
 import warnings
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
 from pydantic import BaseModel, ValidationError
 
 from guide_engine import (
     REQUEST_OPTIONS,
+    GenerationResult,
     GenerationStream,
     GuideEngine,
+    GuideError,
     GuideValueError,
     MissingDependencyError,
     TagError,
@@ -45,33 +49,20 @@ from guide_engine.options import EngineDefaults, request_options
 from guide_engine.tags import ParsedText
 
 __all__ = [
-    "ENGINE_OPTIONS",
-    "MetricName",
     "SettingsError",
+    "agenerate",
     "astream_pieces",
+    "check_engine_setting",
     "check_message_tags",
     "escape_untrusted_value",
     "has_influence_span",
     "installed_package_folder",
+    "json_schema_format",
     "model_display_name",
+    "stream_result",
     "token_usage",
     "unknown_options",
 ]
-
-ENGINE_OPTIONS: tuple[str, ...] = tuple(
-    name
-    for name in REQUEST_OPTIONS
-    if name not in ("response_format", "tools", "tool_choice", "repetition_penalty", "timeout")
-)
-"""The engine's request options a wrapper exposes as settings, derived from ``REQUEST_OPTIONS``.
-
-The other five arrive in their own shapes: ``tools``/``tool_choice`` through ``bind_tools`` and
-``chat_with_tools``, ``response_format`` through structured output, ``repetition_penalty`` and
-``timeout`` as fields of each wrapper.
-"""
-
-MetricName = Literal["influence", "attention_rollout"]
-"""How a ``<?->`` span can be measured (the engine's ``metric=``)."""
 
 
 def unknown_options(given: Iterable[str], allowed: Iterable[str]) -> list[str]:
@@ -95,6 +86,63 @@ def token_usage(result: Any) -> dict[str, int]:
         "completion_tokens": result.completion_tokens,
         "total_tokens": result.prompt_tokens + result.completion_tokens,
     }
+
+
+def json_schema_format(json_schema: Mapping[str, Any]) -> dict[str, Any]:
+    """The OpenAI-style ``response_format`` the engine takes for a JSON schema, named by its ``title``.
+
+    Each wrapper turns its framework's forms (a pydantic class, a TypedDict, a function dict) into
+    a JSON schema first; this is where every one of them becomes the engine's option.
+    """
+    if not isinstance(json_schema, Mapping):
+        raise GuideValueError(f"a JSON schema must be a dict, got {type(json_schema).__name__}: {json_schema!r}")
+    name = str(json_schema.get("title", "response"))
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": dict(json_schema), "strict": True}}
+
+
+def check_engine_setting(engine_name: str, value: Any, setting: str | None = None) -> Any:
+    """``value`` if the engine accepts it for ``engine_name``, else the engine's error under the wrapper's name.
+
+    The one range check of every wrapper setting that is an engine option: the wrappers declare
+    types only and call this from a pydantic validator, so a bound is written once, in
+    :func:`guide_engine.options.request_options`. Options whose check needs a model (layer and head
+    indices, tools, formats) are checked per call by the engine.
+
+    Args:
+        engine_name: the engine's name of the option (``max_new_tokens``).
+        value: the setting's value; ``None`` (the engine's default) always passes.
+        setting: the wrapper's name for it when it differs (``max_tokens``), used in the message.
+
+    Raises:
+        GuideValueError: the engine's message, e.g. ``temperature must be a finite number >= 0, got -1``.
+    """
+    if value is None or engine_name not in _CONTEXT_FREE_OPTIONS:
+        return value
+    try:
+        request_options(EngineDefaults(num_layers=1, num_heads=1), **{engine_name: value})
+    except GuideValueError as error:
+        if setting is None or setting == engine_name:
+            raise
+        raise GuideValueError(str(error).replace(engine_name, setting, 1)) from None
+    return value
+
+
+# ------------------------------------------------------------------------------ results
+
+
+def stream_result(stream: GenerationStream) -> GenerationResult:
+    """The result of a stream that has ended (the engine sets it on the last step)."""
+    if stream.result is None:
+        raise GuideError("the generation stream ended without a result")
+    return stream.result
+
+
+async def agenerate(engine: GuideEngine, prompt: Any, options: Mapping[str, Any]) -> GenerationResult:
+    """``engine.generate(prompt, **options)`` from asyncio: each step in a worker thread, cancellable between steps."""
+    stream = await asyncio.to_thread(engine.stream, prompt, **options)
+    async for _ in astream_pieces(stream):  # step by step: cancelling the task stops decoding
+        pass
+    return stream_result(stream)
 
 
 # ----------------------------------------------------------------------------- untrusted values

@@ -27,8 +27,8 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
         'guide_integrations.langchain needs langchain-core; install it with `pip install "guide-attention[langchain]"`'
     ) from error
 
-from .events import INFLUENCE_EVENT, InfluenceCallbackHandler
 from .chat_model import ChatGuide
+from .events import INFLUENCE_EVENT, InfluenceCallbackHandler
 from .messages import MessageError, escape_documents, escape_untrusted, to_engine_prompt
 from .templates import GuideChatPromptTemplate
 

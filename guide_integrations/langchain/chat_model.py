@@ -11,7 +11,16 @@ from langchain_core.language_models import LangSmithParams, LanguageModelInput
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableConfig
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from guide_engine import (
     GenerationResult,
@@ -22,8 +31,17 @@ from guide_engine import (
     strip_tags,
 )
 from guide_engine.errors import GenerationTimeoutError, GuideValueError
+from guide_engine.options import Metric
 
-from ..core import MetricName, SettingsError, astream_pieces, model_display_name
+from ..core import (
+    SettingsError,
+    agenerate,
+    astream_pieces,
+    check_engine_setting,
+    json_schema_format,
+    model_display_name,
+    stream_result,
+)
 from . import batching
 from .events import INFLUENCE_EVENT
 from .messages import (
@@ -40,7 +58,7 @@ from .tools import (
     ToolLike,
     count_prompt_tokens,
     format_tools,
-    json_schema_format,
+    json_schema,
     structured_parser,
     tool_choice_option,
     with_raw,
@@ -95,13 +113,11 @@ class ChatGuide(RunAwareChatModel):
         default_factory=dict,
         description="Passed to GuideEngine.from_pretrained when the model is loaded: dtype, device_map, ...",
     )
-    temperature: float = Field(
-        default=0.0, ge=0.0, allow_inf_nan=False, description="Sampling temperature; 0 is greedy."
-    )
+    temperature: float = Field(default=0.0, description="Sampling temperature; 0 is greedy.")
     max_tokens: int | None = Field(
-        default=None, ge=1, description="Most tokens to generate; None: the engine's default (256)."
+        default=None, description="Most tokens to generate; None: the engine's default (256)."
     )
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    top_p: float = Field(default=1.0, description="Nucleus sampling mass.")
     stop: list[str] | None = Field(
         default=None, description="Stop strings; the text is cut before the first one. A call's `stop` replaces them."
     )
@@ -111,21 +127,18 @@ class ChatGuide(RunAwareChatModel):
     )
     delta_mid: float | None = Field(
         default=None,
-        allow_inf_nan=False,
         description="Δ of level-2 emphasis (level 1 gets half, level 3 double); negative de-emphasizes. "
         "None: the engine's (1.0).",
     )
     layers: Literal["all"] | list[int] | None = Field(
         default=None, description="Decoder layers that get the bias: 'all' or indices. None: the engine's ('all')."
     )
-    metric: MetricName | None = Field(
+    metric: Metric | None = Field(
         default="influence",
         description="How a <?-> span is measured; None turns measuring off. "
         "Prompts without a <?-> span are not measured.",
     )
-    delta_influence: float = Field(
-        default=0.0, allow_inf_nan=False, description="Δ applied to <?-> spans while measuring."
-    )
+    delta_influence: float = Field(default=0.0, description="Δ applied to <?-> spans while measuring.")
     escape_tool_messages: bool = Field(
         default=True,
         description="Escape tags in ToolMessage content (tool output is untrusted); "
@@ -133,15 +146,11 @@ class ChatGuide(RunAwareChatModel):
     )
     repetition_penalty: float | None = Field(
         default=None,
-        gt=0.0,
-        allow_inf_nan=False,
         description="transformers' repetition penalty over prompt and answer (> 1 discourages loops); "
         "None: the engine's (1.0, off).",
     )
     timeout: float | None = Field(
         default=None,
-        gt=0.0,
-        allow_inf_nan=False,
         description="Wall-clock limit in seconds for one generation (prefill and decoding); past it the call "
         "raises GenerationTimeoutError, whose .partial holds the answer so far. None: no limit.",
     )
@@ -189,6 +198,13 @@ class ChatGuide(RunAwareChatModel):
             raise GuideError("ChatGuide's engine was not loaded")
         return self._engine
 
+    @field_validator(*FIELD_OPTIONS, mode="before")
+    @classmethod
+    def _engine_check(cls, value: Any, info: ValidationInfo) -> Any:
+        # Fields declare types only; the bounds are the engine's, checked once (core.check_engine_setting).
+        name = str(info.field_name)
+        return check_engine_setting(FIELD_OPTIONS[name], value, name)
+
     @field_validator("model_kwargs")
     @classmethod
     def _known_engine_options(cls, value: dict[str, Any]) -> dict[str, Any]:
@@ -198,6 +214,8 @@ class ChatGuide(RunAwareChatModel):
                 f"model_kwargs has unknown option(s) {', '.join(map(repr, unknown))}; "
                 f"allowed: {', '.join(ENGINE_EXTRAS)} (the other options are fields of ChatGuide)"
             )
+        for name, option in value.items():
+            check_engine_setting(name, option)
         return value
 
     @field_validator("stop")
@@ -331,7 +349,7 @@ class ChatGuide(RunAwareChatModel):
                 yield chunk
         finally:
             stream.close()  # a consumer that stops early stops the model at once
-        result = _finished(stream)
+        result = stream_result(stream)
         for chunk in _closing_chunks(result, request):
             yield chunk
         if events is not None and result.influence is not None:
@@ -357,7 +375,7 @@ class ChatGuide(RunAwareChatModel):
                 yield chunk
         finally:
             await pieces.aclose()  # closes the stream, after the step in flight if there is one
-        result = _finished(stream)
+        result = stream_result(stream)
         for chunk in _closing_chunks(result, request):
             yield chunk
         if events is not None and result.influence is not None:
@@ -426,7 +444,7 @@ class ChatGuide(RunAwareChatModel):
             tool = format_tools([schema])
             llm = self.bind_tools(tool, tool_choice=tool[0]["function"]["name"], ls_structured_output_format=trace)
         elif method == "json_schema":
-            llm = self.bind(response_format=json_schema_format(schema), ls_structured_output_format=trace)
+            llm = self.bind(response_format=json_schema_format(json_schema(schema)), ls_structured_output_format=trace)
         elif method == "json_mode":
             llm = self.bind(response_format={"type": "json_object"}, ls_structured_output_format=trace)
         else:
@@ -502,10 +520,7 @@ def _generate_once(request: Request) -> GenerationResult | GenerationTimeoutErro
 
 async def _agenerate_once(request: Request) -> GenerationResult | GenerationTimeoutError:
     try:
-        stream = await asyncio.to_thread(_open_stream, request)
-        async for _ in astream_pieces(stream):  # step by step: cancelling stops decoding
-            pass
-        return _finished(stream)
+        return await agenerate(request.engine(), request.prompt, request.options)
     except GenerationTimeoutError as error:
         return error
 
@@ -520,12 +535,6 @@ def _result_or_raise(outcome: GenerationResult | BaseException | None) -> Genera
 
 def _open_stream(request: Request) -> GenerationStream:
     return request.engine().stream(request.prompt, **request.options)
-
-
-def _finished(stream: GenerationStream) -> GenerationResult:
-    if stream.result is None:  # the engine sets it when the stream ends
-        raise GuideError("the generation stream ended without a result")
-    return stream.result
 
 
 def _text_chunk(text: str) -> ChatGenerationChunk:

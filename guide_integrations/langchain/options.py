@@ -11,7 +11,7 @@ from langchain_core.messages import BaseMessage
 from guide_engine import GuideEngine, shared_engine
 from guide_engine.errors import GuideValueError
 
-from ..core import ENGINE_OPTIONS, check_message_tags, model_display_name, unknown_options
+from ..core import check_message_tags, model_display_name, unknown_options
 from .messages import to_engine_prompt
 
 if TYPE_CHECKING:
@@ -38,8 +38,12 @@ CALL_OPTIONS = ("model", *FIELD_OPTIONS)
 BOUND_OPTIONS = ("tools", "tool_choice", "response_format")
 """Engine options that come with a call, usually bound: ``bind_tools``, ``with_structured_output``, ``bind``."""
 
-ENGINE_EXTRAS = tuple(name for name in ENGINE_OPTIONS if name not in {*FIELD_OPTIONS.values(), *BOUND_OPTIONS, "stop"})
-"""Engine options without a field of their own (top_k, seed, heads): set them in ``model_kwargs`` or per call."""
+ENGINE_EXTRAS = ("top_k", "seed", "heads", "delta_queries", "contrast")
+"""Engine options without a field of their own: set them in ``model_kwargs`` or per call.
+
+With the fields' engine names, :data:`BOUND_OPTIONS` and ``stop`` (LangChain's own argument), they
+are the engine's ``REQUEST_OPTIONS``, each once (tests/test_integration_options.py checks it).
+"""
 
 _IGNORED = ("stream", "ls_structured_output_format")  # LangChain's own: invoke vs stream, tracing metadata
 _OTHER_NAMES = {"max_new_tokens": "max_tokens"}  # another framework's name -> ChatGuide's

@@ -34,7 +34,7 @@ __all__ = [
     "ToolLike",
     "count_prompt_tokens",
     "format_tools",
-    "json_schema_format",
+    "json_schema",
     "structured_parser",
     "tool_choice_option",
     "with_raw",
@@ -94,15 +94,11 @@ def tool_choice_option(tool_choice: Any, tools: Sequence[Mapping[str, Any]]) -> 
     )
 
 
-def json_schema_format(schema: Mapping[str, Any] | type) -> dict[str, Any]:
-    """An OpenAI-style ``response_format`` of type ``json_schema`` for a pydantic model, TypedDict or JSON schema."""
+def json_schema(schema: Mapping[str, Any] | type) -> dict[str, Any]:
+    """The JSON schema of a pydantic model, TypedDict, OpenAI function dict or JSON schema (LangChain's forms)."""
     if isinstance(schema, Mapping) and "type" in schema and "function" not in schema and "name" not in schema:
-        json_schema = dict(schema)  # a JSON schema as it is
-        name = str(json_schema.get("title", "response"))
-    else:
-        json_schema = convert_to_json_schema(schema)  # type: ignore[arg-type]
-        name = str(json_schema.get("title", "response"))
-    return {"type": "json_schema", "json_schema": {"name": name, "schema": json_schema, "strict": True}}
+        return dict(schema)  # a JSON schema as it is
+    return convert_to_json_schema(schema)  # type: ignore[arg-type]
 
 
 def is_pydantic_schema(schema: Any) -> bool:

@@ -6,7 +6,7 @@ import asyncio
 import warnings
 from collections.abc import AsyncGenerator, Callable, Generator, Sequence
 from contextlib import aclosing, closing
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from uuid import uuid4
 
 from llama_index.core.base.llms.types import (
@@ -34,34 +34,37 @@ from llama_index.core.llms.llm import ToolSelection
 from llama_index.core.program.streaming_utils import process_streaming_content_incremental
 from llama_index.core.prompts.base import BasePromptTemplate
 from llama_index.core.types import PydanticProgramMode
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator
 
 from guide_engine import (
     GenerationResult,
     GenerationStream,
     GuideEngine,
-    GuideError,
     TagError,
     parse_tags,
     shared_engine,
 )
 from guide_engine.errors import GuideValueError
 from guide_engine.loading import DEFAULT_MODEL_NAMES
+from guide_engine.options import Metric
 
 from ..core import (
-    MetricName,
     SettingsError,
+    agenerate,
     astream_pieces,
+    check_engine_setting,
     has_influence_span,
+    json_schema_format,
     model_display_name,
+    stream_result,
     token_usage,
     unknown_options,
 )
 from .events import GUIDE_METADATA_KEY, InfluenceEvent, ResponseAnnotator
 from .messages import engine_messages, escape_end_user_texts, openai_tool_calls, tool_selections, trusted_copy
-from .options import CALL_OPTIONS, FIELD_OPTIONS, check_names, from_generate_kwargs
+from .options import CALL_OPTIONS, FIELD_OPTIONS, PER_CALL_OPTIONS, check_names, from_generate_kwargs
 from .provenance import EndUserTexts
-from .structured import json_schema_format, parse_structured
+from .structured import parse_structured, pydantic_json_schema
 from .templates import escaped_template_args
 
 if TYPE_CHECKING:
@@ -71,7 +74,6 @@ __all__ = ["GuideLLM"]
 
 dispatcher = get_dispatcher(__name__)
 
-_PER_CALL_ONLY = ("response_format", "tools", "tool_choice")
 _PROGRAM_KEYWORDS = ("tool_required", "tool_choice", "allow_parallel_tool_calls")  # FunctionCallingProgram's
 
 
@@ -132,13 +134,10 @@ class GuideLLM(FunctionCallingLLM):
     )
     delta_mid: float | None = Field(
         default=None,
-        allow_inf_nan=False,
         description="Δ of emphasis level 2 (<!!->); level 1 gets half, level 3 double; negative de-emphasizes "
         "(None: the engine's default, 1.0).",
     )
-    delta_influence: float = Field(
-        default=0.0, allow_inf_nan=False, description="Δ applied to the <?-> influence span (0: measure only)."
-    )
+    delta_influence: float = Field(default=0.0, description="Δ applied to the <?-> influence span (0: measure only).")
     layers: Literal["all"] | list[int] = Field(
         default="all", description="'all' or the decoder-layer indices that get the bias."
     )
@@ -148,29 +147,25 @@ class GuideLLM(FunctionCallingLLM):
         description="Which queries get Δ: 'all' (the paper's GUIDE) or 'output' (the last prompt position and "
         "every generated token); see the Choosing Δ page.",
     )
-    contrast: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] | Literal["auto"] = Field(
+    contrast: float | Literal["auto"] = Field(
         default=0.0,
         description="γ of contrastive emphasis: each token from l_Δ + γ (l_Δ − l_0), one extra batch row per "
         "request (0: off); 'auto': γ = 4 only where the emphasis ends far before the prompt's end. For "
         "instructions, not questions answered from the text (see the Choosing Δ page).",
     )
-    max_new_tokens: int = Field(default=256, gt=0, description="Most tokens to generate per call.")
-    temperature: float = Field(default=0.0, ge=0.0, allow_inf_nan=False, description="0 is greedy decoding.")
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass (with temperature > 0).")
-    top_k: int = Field(default=0, ge=0, description="Sample among the k likeliest tokens (0: no limit).")
-    repetition_penalty: float = Field(
-        default=1.0, gt=0.0, allow_inf_nan=False, description="transformers' repetition penalty (1.0: off)."
-    )
+    max_new_tokens: int = Field(default=256, description="Most tokens to generate per call.")
+    temperature: float = Field(default=0.0, description="0 is greedy decoding.")
+    top_p: float = Field(default=1.0, description="Nucleus sampling mass (with temperature > 0).")
+    top_k: int = Field(default=0, description="Sample among the k likeliest tokens (0: no limit).")
+    repetition_penalty: float = Field(default=1.0, description="transformers' repetition penalty (1.0: off).")
     seed: int | None = Field(default=None, description="Random seed for sampling.")
     stop: list[str] | None = Field(default=None, description="Stop strings; the text is cut before them.")
     timeout: float | None = Field(
         default=None,
-        gt=0.0,
-        allow_inf_nan=False,
         description="Wall-clock seconds a call may take (None: no limit); past it GenerationTimeoutError "
         "(a TimeoutError) is raised, its .partial holding the text so far.",
     )
-    metric: MetricName | None = Field(
+    metric: Metric | None = Field(
         default="influence",
         description="Measure the <?-> span's influence on calls whose prompt has one, and dispatch it as "
         "an InfluenceEvent (calls without a <?-> span measure nothing). None: never measure.",
@@ -228,6 +223,12 @@ class GuideLLM(FunctionCallingLLM):
             raise GuideValueError(f"context_window={self.context_window} is larger than the model's context ({limit})")
         ResponseAnnotator.install()
         self._end_users = EndUserTexts.install()
+
+    @field_validator(*FIELD_OPTIONS, mode="before")
+    @classmethod
+    def _engine_check(cls, value: Any, info: ValidationInfo) -> Any:
+        # Fields declare types only; the bounds are the engine's, checked once (core.check_engine_setting).
+        return check_engine_setting(str(info.field_name), value)
 
     @classmethod
     def class_name(cls) -> str:
@@ -565,16 +566,13 @@ class GuideLLM(FunctionCallingLLM):
             raise GuideValueError(f"unknown generation option(s) {unknown}; GuideLLM accepts {sorted(CALL_OPTIONS)}")
         # Every engine option is a field of the same name; the call's keywords win.
         options = {name: kwargs.get(name, getattr(self, name)) for name in FIELD_OPTIONS}
-        options.update({name: kwargs[name] for name in _PER_CALL_ONLY if kwargs.get(name) is not None})
+        options.update({name: kwargs[name] for name in PER_CALL_OPTIONS if kwargs.get(name) is not None})
         if options["metric"] is not None and not has_influence_span(request):
             options["metric"] = None  # nothing to measure
         return options
 
     async def _agenerate(self, request: Any, options: dict[str, Any]) -> GenerationResult:
-        stream = await asyncio.to_thread(self._engine.stream, request, **options)
-        async for _ in astream_pieces(stream):  # step by step: cancelling stops decoding
-            pass
-        return _finished(stream)
+        return await agenerate(self._engine, request, options)
 
     def _stream_responses(
         self, stream: GenerationStream, chunk: Callable[..., Any], span_id: str | None
@@ -647,7 +645,7 @@ class GuideLLM(FunctionCallingLLM):
 def _structured_kwargs(output_cls: type[BaseModel], llm_kwargs: dict[str, Any] | None) -> dict[str, Any]:
     """A structured call's options: the caller's, minus program-only keywords, plus the schema."""
     options = {k: v for k, v in (llm_kwargs or {}).items() if k not in _PROGRAM_KEYWORDS}
-    options["response_format"] = json_schema_format(output_cls)
+    options["response_format"] = json_schema_format(pydantic_json_schema(output_cls))
     return options
 
 
@@ -658,12 +656,6 @@ def _partial_or_final(output_cls: type[BaseModel], chunk: ChatResponse, current:
     return process_streaming_content_incremental(chunk, output_cls, current)
 
 
-def _finished(stream: GenerationStream) -> GenerationResult:
-    if stream.result is None:  # the engine sets it when the stream ends
-        raise GuideError("the generation stream ended without a result")
-    return stream.result
-
-
 def _pieces(stream: GenerationStream) -> Generator[tuple[str, GenerationResult | None], None, None]:
     """``(piece, None)`` per text piece, the last one held back and paired with the result."""
     try:
@@ -672,7 +664,7 @@ def _pieces(stream: GenerationStream) -> Generator[tuple[str, GenerationResult |
             if held:
                 yield held, None
             held = piece
-        yield held, _finished(stream)
+        yield held, stream_result(stream)
     finally:
         stream.close()  # stops decoding when the consumer stops early
 
@@ -685,4 +677,4 @@ async def _apieces(stream: GenerationStream) -> AsyncGenerator[tuple[str, Genera
             if held:
                 yield held, None
             held = piece
-    yield held, _finished(stream)
+    yield held, stream_result(stream)

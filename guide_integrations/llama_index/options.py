@@ -11,15 +11,39 @@ from typing import Any
 
 from guide_engine.errors import GuideValueError
 
-from ..core import ENGINE_OPTIONS
+__all__ = [
+    "CALL_OPTIONS",
+    "FIELD_OPTIONS",
+    "GENERATE_KWARGS",
+    "PER_CALL_OPTIONS",
+    "check_names",
+    "from_generate_kwargs",
+]
 
-__all__ = ["CALL_OPTIONS", "FIELD_OPTIONS", "GENERATE_KWARGS", "check_names", "from_generate_kwargs"]
+FIELD_OPTIONS: tuple[str, ...] = (
+    "max_new_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "stop",
+    "delta_mid",
+    "delta_influence",
+    "layers",
+    "heads",
+    "metric",
+    "delta_queries",
+    "contrast",
+    "repetition_penalty",
+    "timeout",
+)
+"""Engine options that are also ``GuideLLM`` fields of the same name (a call's keyword overrides the field)."""
 
-FIELD_OPTIONS: tuple[str, ...] = tuple(dict.fromkeys((*ENGINE_OPTIONS, "repetition_penalty", "timeout")))
-"""Engine options that are also ``GuideLLM`` fields (a call's keyword overrides the field)."""
+PER_CALL_OPTIONS: tuple[str, ...] = ("response_format", "tools", "tool_choice")
+"""Engine options a call brings itself (structured output and tools): they have no field."""
 
-CALL_OPTIONS: tuple[str, ...] = (*FIELD_OPTIONS, "response_format", "tools", "tool_choice")
-"""Every keyword a ``complete``/``chat`` call accepts (the last three only per call)."""
+CALL_OPTIONS: tuple[str, ...] = (*FIELD_OPTIONS, *PER_CALL_OPTIONS)
+"""Every keyword a ``complete``/``chat`` call accepts; together, the engine's ``REQUEST_OPTIONS``."""
 
 GENERATE_KWARGS: tuple[str, ...] = (
     "do_sample",

@@ -16,20 +16,17 @@ from pydantic import BaseModel
 from guide_engine import GuideError
 from guide_engine.errors import GuideValueError
 
-__all__ = ["json_schema_format", "parse_structured"]
+__all__ = ["parse_structured", "pydantic_json_schema"]
 
 
-def json_schema_format(output_cls: type[BaseModel]) -> dict[str, Any]:
-    """The OpenAI-style ``response_format`` for a pydantic class (its ``model_json_schema()``)."""
+def pydantic_json_schema(output_cls: type[BaseModel]) -> dict[str, Any]:
+    """The JSON schema of a pydantic class (its ``model_json_schema()``), which LlamaIndex's programs use."""
     if not (isinstance(output_cls, type) and issubclass(output_cls, BaseModel)):
         raise GuideValueError(
             f"output_cls must be a pydantic BaseModel subclass, got {output_cls!r}; "
             "wrap a TypedDict or a dict schema in a pydantic model"
         )
-    return {
-        "type": "json_schema",
-        "json_schema": {"name": output_cls.__name__, "schema": output_cls.model_json_schema(), "strict": True},
-    }
+    return output_cls.model_json_schema()
 
 
 def parse_structured(output_cls: type[BaseModel], response: ChatResponse) -> BaseModel:

@@ -26,6 +26,7 @@ ARCHITECTURES = {
 }
 """Stock architecture (a model's ``config.json``) → its GUIDE class in :mod:`.model`."""
 RENDERER_MODE = "guide"
+"""The tokenizer and renderer mode (``--tokenizer-mode guide``) under which :mod:`.renderer` is registered."""
 
 
 def register() -> None:

@@ -27,9 +27,8 @@ from guide_engine.tags import parse_tags
 
 from .codec import encode_ids
 
-__all__ = ["RENDERER_MODE", "GuideRenderer", "DEFAULT_DELTA_MID"]
+__all__ = ["GuideRenderer", "DEFAULT_DELTA_MID"]
 
-RENDERER_MODE = "guide"
 DEFAULT_DELTA_MID = 1.0
 GUIDE_KWARGS = ("delta_mid", "delta_influence")
 
