@@ -9,8 +9,11 @@ key ``j``. The bias depends on the key position only, so it can be applied witho
   (``Δ_j / scale``). The dot product then gains exactly ``Δ_j / scale`` and, after SDPA's
   scaling, the logit gains ``Δ_j``. The causal flag and the boolean padding mask stay as they
   are, so the fused causal kernel still runs and a bias never un-masks a key.
-* **additive row mask** (one query, i.e. a decoding step): a float mask of shape
-  ``(batch, 1 | heads, 1, kv)``, which is O(kv).
+* **additive row** (one query, i.e. a decoding step): a float row of shape
+  ``(batch, 1 | heads, 1, kv)``, which is O(kv), handed to transformers' SDPA as its
+  ``position_bias`` (the argument T5's relative bias uses, in every supported transformers from
+  5.18 on): it merges the row with the boolean or float mask, so a masked key stays masked
+  whatever its Δ, and packs it for grouped-query attention.
 
 The same extra value column carries the Influence vector (see :mod:`guide_engine.influence`):
 ``softmax(QKᵀ) · I`` is one more output column of the same kernel call.
@@ -260,7 +263,9 @@ def guide_attention_forward(
     if q_len == 1 and step_bias is not None and step_bias.shape[-1] == kv_len and guide.applies_to(layer_idx):
         # A decoding step against a static cache: the row was built once per request.
         row = step_bias.to(query.dtype)  # (batch, 1 | heads, 1, kv_len)
-        return sdpa_attention_forward(module, query, key, value, _merge(row, attention_mask), scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, scaling=scaling, position_bias=row, **kwargs
+        )
     prompt_bias = guide.bias_for_layer(layer_idx)
     tracker = guide.influence
     if prompt_bias is None and tracker is None:
@@ -280,9 +285,12 @@ def guide_attention_forward(
             row = row * guide.head_selector(num_heads, row)  # (batch, heads, 1, kv_len)
         if queries is not None:
             row = row * queries  # (batch, 1 | heads, 1, kv_len)
-        return sdpa_attention_forward(module, query, key, value, _merge(row, attention_mask), scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, scaling=scaling, position_bias=row, **kwargs
+        )
 
-    # Extra coordinate: q gains a column `sel` (1 on biased heads), k gains Δ/scale,
+    # Extra coordinate, not `position_bias` (a dense (q, kv) float mask: O(q·kv) memory, and no
+    # fused causal kernel in prefill). q gains a column `sel` (1 on biased heads), k gains Δ/scale,
     # v gains the influence vector (or zeros), so q'·k' = q·k + Δ/scale on biased heads;
     # then zeros up to the width the fused kernels take (kernel_head_dim).
     if bias is not None:
@@ -309,18 +317,10 @@ def guide_attention_forward(
     return out[..., :value_dim], None
 
 
-def _merge(row: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-    """The additive row with the model's mask: a masked key stays masked whatever its Δ."""
-    if attention_mask is not None and attention_mask.dtype == torch.bool:
-        return row.masked_fill(~attention_mask, torch.finfo(row.dtype).min)
-    if attention_mask is not None:  # an additive float mask
-        return row + attention_mask
-    return row
-
-
-def guide_mask(*args: Any, **kwargs: Any) -> torch.Tensor | None:
-    """Mask builder for ``"guide"``: the same boolean mask (or ``None``) stock SDPA gets."""
-    return sdpa_mask(*args, **kwargs)
+guide_mask = sdpa_mask
+"""Mask builder for ``"guide"``: transformers' own ``sdpa_mask``, so the attention function gets the
+boolean mask (or ``None``, for the fused causal kernel) that stock SDPA gets. A new attention name
+needs a mask builder registered under the same name, or transformers passes it no mask at all."""
 
 
 def register() -> None:
