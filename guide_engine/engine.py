@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -311,13 +311,7 @@ class GuideEngine:
         request = self.request_options(**options)
         deadline = _deadline(request)
         encoded = [self._tokenize_checked(p, request) for p in prompts]
-        pieces = self._decode(encoded, request, deadline)
-        while True:  # nobody reads the pieces: each row's text is in its result
-            try:
-                next(pieces)
-            except StopIteration as done:
-                results: list[GenerationResult] = done.value
-                return results
+        return _run_to_end(self._decode(encoded, request, deadline))  # each row's text is in its result
 
     # -------------------------------------------------------------------------------- internals
 
@@ -487,6 +481,19 @@ class GuideEngine:
                 f"metric={request.metric!r} needs an influence span: wrap the text to measure in <?-> … <-?>"
             )
         return encoded
+
+
+_Returned = TypeVar("_Returned")
+
+
+def _run_to_end(pieces: Generator[Any, None, _Returned]) -> _Returned:
+    """Step a generator to its end, dropping what it yields, and return what it returns."""
+    while True:
+        try:
+            next(pieces)
+        except StopIteration as done:
+            returned: _Returned = done.value
+            return returned
 
 
 def _deadline(request: RequestOptions) -> float | None:
