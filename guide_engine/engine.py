@@ -311,15 +311,15 @@ class GuideEngine:
         request = self.request_options(**options)
         deadline = _deadline(request)
         encoded = [self._tokenize_checked(p, request) for p in prompts]
-        return _run_to_end(self._decode(encoded, request, deadline))  # each row's text is in its result
+        return _run_to_end(self._decode_rows(encoded, request, deadline))  # each row's text is in its result
 
     # -------------------------------------------------------------------------------- internals
 
     def _one_row_pieces(
         self, encoded: EncodedPrompt, request: RequestOptions, deadline: float | None
     ) -> Generator[str, None, GenerationResult]:
-        """:meth:`_decode` of one prompt, for :class:`GenerationStream`: its pieces, then its result."""
-        pieces = self._decode([encoded], request, deadline)
+        """:meth:`_decode_rows` of one prompt, for :class:`GenerationStream`: its pieces, then its result."""
+        pieces = self._decode_rows([encoded], request, deadline)
         try:
             while True:
                 try:
@@ -332,7 +332,7 @@ class GuideEngine:
         finally:
             pieces.close()
 
-    def _decode(
+    def _decode_rows(
         self, encoded: list[EncodedPrompt], request: RequestOptions, deadline: float | None
     ) -> Generator[tuple[int, str], None, list[GenerationResult]]:
         """The one decoding driver behind :meth:`generate`, :meth:`stream` and :meth:`generate_batch`.
