@@ -40,7 +40,7 @@ def step_times(engine, ids, mask, steps: int, grammar: str | None) -> list[float
     """Seconds of each decoding step after the prefill (the first yield is the prefill's token)."""
     masks = engine.grammars.masks([engine.grammars.matcher(grammar)]) if grammar else None
     times, last = [], time.perf_counter()
-    loop = decode_steps(engine.model, ids, mask, None, SamplingConfig(), steps + 1, engine.pad_id, masks=masks)
+    loop = decode_steps(engine.model, ids, mask, None, SamplingConfig(), steps + 1, engine.pad_id, grammar_masks=masks)
     for i, _ in enumerate(loop):
         now = time.perf_counter()
         if i > 0:

@@ -12,6 +12,7 @@ from collections.abc import Generator, Sequence
 from typing import Any
 
 import torch
+from tokenizers.decoders import DecodeStream
 from transformers import DynamicCache, PreTrainedModel
 from transformers.generation.logits_process import (
     LogitsProcessorList,
@@ -31,8 +32,10 @@ from .tools import ToolMarkupFilter
 __all__ = [
     "IncrementalDetokenizer",
     "RowDecoder",
+    "StreamDetokenizer",
     "contrast_of",
     "decode_steps",
+    "detokenizer_for",
     "emphasis_distance",
     "left_pad",
     "logits_processors",
@@ -67,7 +70,8 @@ def logits_processors(sampling: SamplingConfig) -> LogitsProcessorList:
 
 
 class IncrementalDetokenizer:
-    """Token ids in, new text out, decoding only a short window of ids per token.
+    """Token ids in, new text out, decoding only a short window of ids per token: the fallback
+    for tokenizers without a ``tokenizers`` backend (see :func:`detokenizer_for`).
 
     Decoding the whole sequence at every step costs O(n²) over a generation. Like vLLM and TGI,
     this decodes ids from ``prefix`` (a token already shown) to the end and returns what is new
@@ -105,6 +109,61 @@ class IncrementalDetokenizer:
         return self.tokenizer.decode(ids, skip_special_tokens=True) if ids else ""
 
 
+class StreamDetokenizer:
+    """Token ids in, new text out, through ``tokenizers``' own :class:`~tokenizers.decoders.DecodeStream`.
+
+    The same contract as :class:`IncrementalDetokenizer` (the pieces and :meth:`flush` add up to
+    ``tokenizer.decode(ids, skip_special_tokens=True)``), for a fast tokenizer: ``DecodeStream``
+    holds back an incomplete character itself, in Rust. It has no flush, so the ids it still
+    holds at the end are decoded here once, after the last token that gave text.
+
+    Args:
+        tokenizer: a transformers tokenizer with a ``backend_tokenizer`` (a ``tokenizers.Tokenizer``).
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self._backend = tokenizer.backend_tokenizer
+        self._stream = DecodeStream(skip_special_tokens=True)
+        self._read = 0  # ids before this are already turned into text
+
+    def push(self, token_id: int) -> str:
+        """Add one id; return the text it completes (possibly empty)."""
+        self.ids.append(token_id)
+        piece = self._stream.step(self._backend, token_id)
+        if piece is None:  # an incomplete character (or a skipped special token)
+            return ""
+        self._read = len(self.ids)
+        return str(piece)
+
+    def flush(self) -> str:
+        """Whatever is still held back (an incomplete character at the very end)."""
+        if self._read == len(self.ids):
+            return ""
+        # One id of context before the rest, so a tokenizer that drops a leading space keeps it.
+        start = max(self._read - 1, 0)
+        shown = self._decode(self.ids[start : self._read])
+        rest = self._decode(self.ids[start:])[len(shown) :]
+        self._read = len(self.ids)
+        return rest
+
+    def _decode(self, ids: list[int]) -> str:
+        return str(self.tokenizer.decode(ids, skip_special_tokens=True)) if ids else ""
+
+
+def detokenizer_for(tokenizer: Any) -> StreamDetokenizer | IncrementalDetokenizer:
+    """``tokenizers``' ``DecodeStream`` (:class:`StreamDetokenizer`) for a fast tokenizer, else ours.
+
+    A tokenizer that cleans up spaces after decoding (``clean_up_tokenization_spaces``, which
+    ``DecodeStream`` does not do) also gets ours, so the text always equals ``tokenizer.decode``.
+    """
+    fast = getattr(tokenizer, "backend_tokenizer", None) is not None
+    if fast and not getattr(tokenizer, "clean_up_tokenization_spaces", False):
+        return StreamDetokenizer(tokenizer)
+    return IncrementalDetokenizer(tokenizer)
+
+
 class RowDecoder:
     """One generated row: ids in, text that is safe to show out, with end-of-sequence, stop strings
     and tool-call markup.
@@ -131,7 +190,7 @@ class RowDecoder:
 
     def __init__(self, tokenizer: Any, stop: tuple[str, ...], eos_ids: set[int], *, tool_markup: bool = True) -> None:
         self.stop, self.eos_ids = stop, eos_ids
-        self.detokenizer = IncrementalDetokenizer(tokenizer)
+        self.detokenizer = detokenizer_for(tokenizer)
         self.ids: list[int] = []
         self.text = ""
         self.finish_reason: FinishReason | None = None
@@ -186,11 +245,11 @@ def left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[
     """Left-pad token rows: ``(batch, max_len)`` ids and attention mask."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
         ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-        mask[i, width - len(row) :] = 1
-    return ids.to(device), mask.to(device)
+        attention_mask[i, width - len(row) :] = 1
+    return ids.to(device), attention_mask.to(device)
 
 
 @torch.inference_mode()
@@ -202,9 +261,9 @@ def decode_steps(
     sampling: SamplingConfig,
     max_new_tokens: int,
     pad_id: int,
-    finished: torch.Tensor | None = None,
+    rows_done: torch.Tensor | None = None,  # (batch,) bool, written by the caller between steps
     *,
-    masks: TokenMasks | None = None,
+    grammar_masks: TokenMasks | None = None,
     repetition_penalty: float = 1.0,
     contrast: float | Sequence[float] = 0.0,
     compiled: CompiledDecoding | None = None,
@@ -212,14 +271,16 @@ def decode_steps(
 ) -> Generator[torch.Tensor, None, None]:
     """Yield the next token of every row, ``(batch,)``, until ``max_new_tokens`` or all rows finish.
 
-    The caller marks rows as done by setting ``finished[row] = True`` between steps (end of
-    sequence, stop string); finished rows are fed padding and their tokens should be ignored.
-    Closing the generator stops decoding at once.
+    The caller marks rows as done by setting ``rows_done[row] = True`` between steps (end of
+    sequence, stop string); rows that are done are fed padding, their grammar masks skip them, and
+    their tokens should be ignored. Closing the generator stops decoding at once. (In the engine,
+    ``GuideEngine``'s one decoding driver owns ``rows_done``.)
 
     Each step's logits go through transformers' ``RepetitionPenaltyLogitsProcessor`` (over each
-    row's own prompt and generated ids, padding excluded), then the grammar ``masks`` (one per
-    row), then the sampling warpers; masking before top-k/top-p keeps an allowed token among the
-    candidates.
+    row's own prompt and generated ids, padding excluded), then the ``grammar_masks`` (one
+    grammar per row, over the vocabulary; not to be confused with ``attention_mask``, the
+    padding of the prompt), then the sampling warpers; masking before top-k/top-p keeps an
+    allowed token among the candidates.
 
     With ``contrast`` = γ > 0 (and a Δ to contrast), every row runs twice in one batch — as it is
     and without Δ, each with its own cache — and the step's logits are ``l_Δ + γ (l_Δ − l_0)``;
@@ -234,7 +295,7 @@ def decode_steps(
     if max_new_tokens <= 0:
         return
     batch = input_ids.shape[0]
-    finished = torch.zeros(batch, dtype=torch.bool) if finished is None else finished
+    rows_done = torch.zeros(batch, dtype=torch.bool) if rows_done is None else rows_done
     generator = None
     if sampling.seed is not None:
         generator = torch.Generator(device=input_ids.device).manual_seed(sampling.seed)
@@ -292,19 +353,19 @@ def decode_steps(
                 logits = emphasized + gamma * (emphasized - plain)  # (batch, vocab)
             if penalty is not None:
                 logits = penalty(seen, logits)
-            if masks is not None:
-                masks.apply(logits, finished)
+            if grammar_masks is not None:
+                grammar_masks.apply(logits, rows_done)
             scores = processors(seen, logits)  # type: ignore[arg-type]  # (LongTensor is a legacy alias)
             if sampling.greedy:
                 next_ids = scores.argmax(dim=-1)
             else:
                 probs = torch.softmax(scores, dim=-1)
                 next_ids = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-            next_ids = torch.where(finished.to(next_ids.device), torch.full_like(next_ids, pad_id), next_ids)
-            if masks is not None:
-                masks.advance(next_ids, finished)
+            next_ids = torch.where(rows_done.to(next_ids.device), torch.full_like(next_ids, pad_id), next_ids)
+            if grammar_masks is not None:
+                grammar_masks.advance(next_ids, rows_done)
             yield next_ids
-            if bool(finished.all()) or step == max_new_tokens - 1:
+            if bool(rows_done.all()) or step == max_new_tokens - 1:
                 return
             seen = torch.cat([seen, next_ids[:, None]], dim=-1)
             step_ids = (next_ids.repeat(2) if twins else next_ids)[:, None]
@@ -317,9 +378,11 @@ def decode_steps(
             compiled.release(cache, rows, cache_len)
 
 
-def _step(forward: Any, compiled: CompiledDecoding | None, ids: Any, mask: Any, positions: Any, kwargs: Any) -> Any:
+def _step(
+    forward: Any, compiled: CompiledDecoding | None, ids: Any, attention_mask: Any, positions: Any, kwargs: Any
+) -> Any:
     """One decoding step's forward; a compiled step holds the engine's step lock (graphs are not re-entrant)."""
-    call = dict(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    call = dict(input_ids=ids, attention_mask=attention_mask, position_ids=positions, use_cache=True, logits_to_keep=1)
     if compiled is None:
         return forward(**call, **kwargs)
     with compiled.step_lock:

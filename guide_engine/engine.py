@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -273,7 +273,7 @@ class GuideEngine:
         so ``len(encode(...).input_ids)`` counts the prompt tokens of that request.
         """
         options = self.request_options(delta_mid=delta_mid, delta_influence=delta_influence, tools=tools)
-        return self._render(prompt, options)
+        return self._tokenize(prompt, options)
 
     def generate(self, prompt: Prompt, **options: Any) -> GenerationResult:
         """Generate a completion of a tagged prompt.
@@ -301,8 +301,8 @@ class GuideEngine:
         """
         request = self.request_options(**options)
         deadline = _deadline(request)
-        encoded = self._encode_checked(prompt, request)
-        return GenerationStream(self._stream_pieces(encoded, request, deadline))
+        encoded = self._tokenize_checked(prompt, request)
+        return GenerationStream(self._one_row_pieces(encoded, request, deadline))
 
     def generate_batch(self, prompts: Sequence[Prompt], **options: Any) -> list[GenerationResult]:
         """Generate for several prompts in one left-padded batch; each row keeps its own spans."""
@@ -310,79 +310,100 @@ class GuideEngine:
             raise GuideValueError(f"generate_batch takes a non-empty list of prompts, got {type(prompts).__name__}")
         request = self.request_options(**options)
         deadline = _deadline(request)
-        encoded = [self._encode_checked(p, request) for p in prompts]
-        decoders = [self._row_decoder(request) for _ in encoded]
-        finished = torch.zeros(len(encoded), dtype=torch.bool)
-        steps = self._steps(encoded, request, finished)
+        encoded = [self._tokenize_checked(p, request) for p in prompts]
+        return _run_to_end(self._decode_rows(encoded, request, deadline))  # each row's text is in its result
+
+    # -------------------------------------------------------------------------------- internals
+
+    def _one_row_pieces(
+        self, encoded: EncodedPrompt, request: RequestOptions, deadline: float | None
+    ) -> Generator[str, None, GenerationResult]:
+        """:meth:`_decode_rows` of one prompt, for :class:`GenerationStream`: its pieces, then its result."""
+        pieces = self._decode_rows([encoded], request, deadline)
         try:
-            for next_ids in steps:
+            while True:
+                try:
+                    _, piece = next(pieces)
+                except StopIteration as done:
+                    return done.value[0]
+                yield piece
+        except GenerationTimeoutError as timeout:
+            raise GenerationTimeoutError(str(timeout), timeout.partial[0]) from None  # one row: one partial result
+        finally:
+            pieces.close()
+
+    def _decode_rows(
+        self, encoded: list[EncodedPrompt], request: RequestOptions, deadline: float | None
+    ) -> Generator[tuple[int, str], None, list[GenerationResult]]:
+        """The one decoding driver behind :meth:`generate`, :meth:`stream` and :meth:`generate_batch`.
+
+        Yields ``(row, piece)`` as each row's text becomes safe to show and returns one result per
+        row. It owns the row decoders, ``rows_done`` (the rows that hit end of sequence or a stop
+        string, which the token loop feeds padding and the grammar masks skip) and the deadline.
+        Closing it stops the model at once.
+
+        Raises:
+            GenerationTimeoutError: past ``deadline``; ``.partial`` holds one result per row.
+        """
+        decoders = [self._row_decoder(request) for _ in encoded]
+        rows_done = torch.zeros(len(encoded), dtype=torch.bool)  # (batch,), written here, read by the loop
+        tokens = self._token_loop(encoded, request, rows_done)
+        try:
+            for next_ids in tokens:
                 for row, token in enumerate(next_ids.tolist()):
-                    if not finished[row]:
-                        decoders[row].push(token)
-                        finished[row] = decoders[row].finish_reason is not None
-                if deadline is not None and not bool(finished.all()) and time.monotonic() > deadline:
+                    if rows_done[row]:
+                        continue
+                    piece = decoders[row].push(token)
+                    rows_done[row] = decoders[row].finish_reason is not None
+                    if piece:
+                        yield row, piece
+                if bool(rows_done.all()):
+                    break
+                if deadline is not None and time.monotonic() > deadline:
                     for decoder in decoders:
                         decoder.finish("timeout")
                     partial = [self._result(e, d, request) for e, d in zip(encoded, decoders)]
                     raise GenerationTimeoutError(_timeout_message(request), partial)
         finally:
-            steps.close()
+            tokens.close()
+        for row, decoder in enumerate(decoders):
+            rest = decoder.finish()  # the held-back text of a row cut by the token budget
+            if rest:
+                yield row, rest
         return [self._result(e, d, request) for e, d in zip(encoded, decoders)]
 
-    # -------------------------------------------------------------------------------- internals
-
-    def _stream_pieces(
-        self, encoded: EncodedPrompt, request: RequestOptions, deadline: float | None
-    ) -> Generator[str, None, GenerationResult]:
-        decoder = self._row_decoder(request)
-        finished = torch.zeros(1, dtype=torch.bool)
-        steps = self._steps([encoded], request, finished)
-        try:
-            for next_ids in steps:
-                piece = decoder.push(int(next_ids[0]))
-                finished[0] = decoder.finish_reason is not None
-                if piece:
-                    yield piece
-                if finished[0]:
-                    break
-                if deadline is not None and time.monotonic() > deadline:
-                    decoder.finish("timeout")
-                    raise GenerationTimeoutError(_timeout_message(request), self._result(encoded, decoder, request))
-        finally:
-            steps.close()
-        rest = decoder.finish()
-        if rest:
-            yield rest
-        return self._result(encoded, decoder, request)
-
-    def _steps(
-        self, encoded: list[EncodedPrompt], request: RequestOptions, finished: torch.Tensor
+    def _token_loop(
+        self, encoded: list[EncodedPrompt], request: RequestOptions, rows_done: torch.Tensor
     ) -> Generator[torch.Tensor, None, None]:
+        """Left-pad the prompts, build their attention state and grammar masks, and start
+        :func:`~guide_engine.decoding.decode_steps`: it yields each step's next ids, ``(batch,)``."""
         device = self.model.device
-        ids, mask = left_pad([e.input_ids for e in encoded], self.pad_id, device)
-        state = build_state(encoded, request, ids.shape[1], device)
-        longest = max(len(e.input_ids) for e in encoded)
-        budget = request.max_new_tokens
-        if self.context_length is not None:
-            budget = min(budget, self.context_length - longest)
-        masks = self._masks(request, len(encoded))
+        ids, attention_mask = left_pad([e.input_ids for e in encoded], self.pad_id, device)
         return decode_steps(
             self.model,
             ids,
-            mask,
-            state,
+            attention_mask,
+            build_state(encoded, request, ids.shape[1], device),
             request.sampling,
-            budget,
+            self._token_budget(encoded, request),
             self.pad_id,
-            finished,
-            masks=masks,
+            rows_done,
+            grammar_masks=self._grammar_masks(request, len(encoded)),
             repetition_penalty=request.repetition_penalty,
             contrast=[contrast_of(e, request.contrast) for e in encoded],
             compiled=self.compiled,
             context_length=self.context_length,
         )
 
-    def _masks(self, request: RequestOptions, rows: int) -> TokenMasks | None:
+    def _token_budget(self, encoded: list[EncodedPrompt], request: RequestOptions) -> int:
+        """``max_new_tokens``, cut so the longest prompt and its answer fit in the model's context."""
+        budget = request.max_new_tokens
+        if self.context_length is not None:
+            budget = min(budget, self.context_length - max(len(e.input_ids) for e in encoded))
+        return budget
+
+    def _grammar_masks(self, request: RequestOptions, rows: int) -> TokenMasks | None:
+        """One grammar matcher per row when the request constrains its output, else ``None``."""
         grammar = request_grammar(request)
         if grammar is None:
             return None
@@ -426,7 +447,7 @@ class GuideEngine:
             dropped_markup=dropped,
         )
 
-    def _render(self, prompt: Prompt, request: RequestOptions) -> EncodedPrompt:
+    def _tokenize(self, prompt: Prompt, request: RequestOptions) -> EncodedPrompt:
         """The prompt with its tools and tool traffic, through the chat template, tokenized."""
         template_tools = None
         if request.tools or has_tool_traffic(prompt):
@@ -443,8 +464,8 @@ class GuideEngine:
             tools=template_tools,
         )
 
-    def _encode_checked(self, prompt: Prompt, request: RequestOptions) -> EncodedPrompt:
-        encoded = self._render(prompt, request)
+    def _tokenize_checked(self, prompt: Prompt, request: RequestOptions) -> EncodedPrompt:
+        encoded = self._tokenize(prompt, request)
         n = len(encoded.input_ids)
         if self.context_length is not None and n >= self.context_length:
             raise ContextLengthError(
@@ -460,6 +481,19 @@ class GuideEngine:
                 f"metric={request.metric!r} needs an influence span: wrap the text to measure in <?-> … <-?>"
             )
         return encoded
+
+
+_Returned = TypeVar("_Returned")
+
+
+def _run_to_end(pieces: Generator[Any, None, _Returned]) -> _Returned:
+    """Step a generator to its end, dropping what it yields, and return what it returns."""
+    while True:
+        try:
+            next(pieces)
+        except StopIteration as done:
+            returned: _Returned = done.value
+            return returned
 
 
 def _deadline(request: RequestOptions) -> float | None:

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+from tokenizers import decoders, pre_tokenizers
 
 from .errors import GuideError, GuideValueError, MissingDependencyError
 
@@ -66,35 +67,24 @@ def layer_values(result: InfluenceData, layer: int) -> np.ndarray:
     return np.asarray(values, dtype=np.float64).reshape(-1)
 
 
-def _byte_level_alphabet() -> dict[str, int]:
-    """GPT-2's byte-level BPE alphabet: the printable character that stands for each byte."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars, extra = {}, 0
-    for byte in range(256):
-        if byte in printable:
-            chars[chr(byte)] = byte
-        else:
-            chars[chr(256 + extra)] = byte
-            extra += 1
-    return chars
-
-
-_BYTE_OF = _byte_level_alphabet()
+_BYTE_LEVEL = decoders.ByteLevel()  # the decoder of GPT-2-style byte-level BPE tokenizers
+_BYTE_LEVEL_ALPHABET = frozenset(pre_tokenizers.ByteLevel.alphabet())  # the 256 characters that stand for bytes
 
 
 def display_token(token: str) -> str:
     """Readable text of a token, whatever the tokenizer.
 
-    The rule: 'Ġ' becomes a space, 'Ċ' a newline and SentencePiece's '▁' a space. When every
-    character of the token is in byte-level BPE's alphabet and the bytes they stand for are valid
-    UTF-8, the token is shown as that text (so 'Ã©' shows as 'é'); this reduces to the rule for
-    'Ġ' and 'Ċ' and leaves other tokens unchanged.
+    A result holds token strings only (it may come back from JSON), so the token is read on its
+    own: when every character is in byte-level BPE's alphabet and the bytes they stand for are
+    valid UTF-8, ``tokenizers``' own byte-level decoder gives its text ('Ġme' → ' me', 'Ã©' → 'é').
+    Other tokens (SentencePiece, or part of a character) get 'Ġ' → space, '▁' → space and
+    'Ċ' → newline. (Not the tokenizer's ``convert_tokens_to_string``: a SentencePiece decoder
+    strips the leading space of a lone token, and the tokens put together must read as the text.)
     """
-    if token and all(c in _BYTE_OF for c in token):
-        try:
-            return bytes(_BYTE_OF[c] for c in token).decode("utf-8")
-        except UnicodeDecodeError:
-            pass
+    if token and _BYTE_LEVEL_ALPHABET.issuperset(token):
+        text = str(_BYTE_LEVEL.decode([token]))
+        if "\ufffd" not in text:  # (part of a character decodes to U+FFFD)
+            return text
     return token.replace("Ġ", " ").replace("▁", " ").replace("Ċ", "\n")
 
 

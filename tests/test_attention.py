@@ -94,6 +94,41 @@ def test_padded_batch_rows_match_reference(tiny):
     torch.testing.assert_close(batch[1], alone_long[0], atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("heads", [None, (1, 2)])
+@torch.no_grad()
+def test_padded_decoding_steps_match_reference(tiny, heads):
+    """Decoding steps of a left-padded batch (the additive row through SDPA's ``position_bias``, merged
+    with the boolean padding mask; with two query heads of different key-value groups, packed for
+    grouped-query attention): each row equals the dense reference on its own unpadded sequence."""
+    rows = [_ids(2, 9), _ids(3, 14)]
+    biases = [_bias(9, ((1, 4, 2.0),)), _bias(14, ((6, 12, -2.0),))]
+    ids = torch.cat([torch.cat([torch.full((1, 5), 2), rows[0]], 1), rows[1]])
+    mask = torch.tensor([[0] * 5 + [1] * 9, [1] * 14])
+    bias = torch.cat([torch.cat([torch.zeros(1, 5), biases[0]], 1), biases[1]])
+    state = GuideAttentionState(key_bias=bias, heads=heads, pad_offsets=torch.tensor([5, 0]))
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=tiny.config)
+    out = tiny(
+        input_ids=ids, attention_mask=mask, position_ids=position_ids, guide=state, use_cache=True,
+        **{cache_keyword(tiny): cache},
+    )  # fmt: skip
+    reference_model = twin(tiny, REFERENCE)
+    for step in range(8):  # past Gemma 3's sliding window (6)
+        next_ids = out.logits[:, -1].argmax(-1, keepdim=True)  # (batch, 1)
+        rows = [torch.cat([row, next_ids[i : i + 1]], dim=-1) for i, row in enumerate(rows)]
+        mask = torch.cat([mask, mask.new_ones(2, 1)], dim=-1)
+        position_ids = position_ids[:, -1:] + 1
+        out = tiny(
+            input_ids=next_ids, attention_mask=mask, position_ids=position_ids, guide=state, use_cache=True,
+            **{cache_keyword(tiny): cache},
+        )  # fmt: skip
+        for i, (row, row_bias) in enumerate(zip(rows, biases)):
+            full = reference_model(row, reference=Recorder(row_bias, heads=heads)).logits[0, -1]
+            torch.testing.assert_close(out.logits[i, -1], full, atol=1e-4, rtol=1e-4, msg=f"row {i}, step {step}")
+    plain = reference_model(rows[1]).logits[0, -1]
+    assert not torch.allclose(out.logits[1, -1], plain, atol=1e-3), "the bias must change the decoded logits"
+
+
 # ------------------------------------------------------------------ the width the fused kernels take
 
 

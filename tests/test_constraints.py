@@ -136,13 +136,13 @@ def test_rows_follow_their_own_grammars_and_a_row_without_one_is_unmasked(engine
         [compiler.matcher(json_schema_grammar(PERSON)), None, compiler.matcher(json_schema_grammar(LISTS))]
     )
     greedy = SamplingConfig()
-    finished = torch.zeros(3, dtype=torch.bool)
+    done = torch.zeros(3, dtype=torch.bool)
     out: list[list[int]] = [[], [], []]
-    for step in decode_steps(engine.model, ids, mask, None, greedy, 60, engine.pad_id, finished, masks=masks):
+    for step in decode_steps(engine.model, ids, mask, None, greedy, 60, engine.pad_id, done, grammar_masks=masks):
         for row, token in enumerate(step.tolist()):
-            if not finished[row]:
+            if not done[row]:
                 out[row].append(token)
-                finished[row] = token in engine.eos_ids
+                done[row] = token in engine.eos_ids
     free = [int(t) for t in decode_steps(engine.model, ids[:1], mask[:1], None, greedy, len(out[1]), engine.pad_id)]
     assert out[1] == free  # the unconstrained row is exactly what decoding without masks gives
     for row, schema in ((0, PERSON), (2, LISTS)):

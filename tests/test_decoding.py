@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from guide_engine.decoding import IncrementalDetokenizer, RowDecoder
+from guide_engine.decoding import IncrementalDetokenizer, RowDecoder, StreamDetokenizer, detokenizer_for
 
 TEXTS = [
     "Hello world, this is plain ASCII text.",
     "Accents: héllo wörld, ça va? Ünïcödé ßtraße.",
     "CJK and emoji: 日本語のテキスト 🙂🚀 mixed with English.",
     "  leading spaces,\ttabs\nand\n\nnew lines  ",
+]
+TRICKY = [
+    *TEXTS,
+    "Zero-width joiners: 👨‍👩‍👧‍👦 and 🏳️‍🌈, combining: é ä, Hangul 한국어, Thai ภาษาไทย.",
+    "Mixed scripts: Ελληνικά, русский, עברית, العربية, 中文字符, ひらがな, 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 and 🀄🃏.",
 ]
 
 
@@ -33,6 +38,43 @@ def test_pieces_join_to_the_full_decode(smol_tokenizer, text):
     pieces = [detokenizer.push(i) for i in ids] + [detokenizer.flush()]
     assert "".join(pieces) == smol_tokenizer.decode(ids, skip_special_tokens=True)
     assert not any("\ufffd" in piece for piece in pieces)  # no half characters are shown
+
+
+def _pieces(detokenizer, ids: list[int]) -> list[str]:
+    return [detokenizer.push(i) for i in ids] + [detokenizer.flush()]
+
+
+def _cuts_inside_a_character(tokenizer, ids: list[int]) -> list[int]:
+    return [n for n in range(1, len(ids)) if tokenizer.decode(ids[:n]).endswith("\ufffd")]
+
+
+@pytest.mark.parametrize("text", TRICKY)
+def test_decode_stream_and_our_fallback_give_the_same_text(smol_tokenizer, text):
+    """tokenizers' DecodeStream (fast tokenizers) and our window (the fallback) agree with ``decode``,
+    with a special token in the middle, and with the generation cut inside a multi-byte character."""
+    ids = smol_tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = ids[: len(ids) // 2] + [smol_tokenizer.eos_token_id] + ids[len(ids) // 2 :]
+    assert isinstance(detokenizer_for(smol_tokenizer), StreamDetokenizer)
+    for row in (ids, *(ids[:n] for n in _cuts_inside_a_character(smol_tokenizer, ids)[-2:])):
+        stream = _pieces(StreamDetokenizer(smol_tokenizer), row)
+        ours = _pieces(IncrementalDetokenizer(smol_tokenizer), row)
+        assert "".join(stream) == "".join(ours) == smol_tokenizer.decode(row, skip_special_tokens=True)
+        assert stream[:-1] == ours[:-1]  # piece by piece, too
+        assert not any("\ufffd" in piece for piece in stream[:-1])  # no half character before the end
+
+
+def test_a_cut_character_is_flushed_at_the_end_by_both(smol_tokenizer):
+    ids = smol_tokenizer("ok 🀄🃏", add_special_tokens=False)["input_ids"]
+    row = ids[:-1]  # the last character's last byte never comes
+    assert smol_tokenizer.decode(row).endswith("\ufffd")
+    for detokenizer in (StreamDetokenizer(smol_tokenizer), IncrementalDetokenizer(smol_tokenizer)):
+        shown = "".join(detokenizer.push(i) for i in row)
+        assert shown == "ok 🀄"
+        assert shown + detokenizer.flush() == smol_tokenizer.decode(row)
+
+
+def test_tokenizers_without_a_fast_backend_get_our_detokenizer(smol_tokenizer):
+    assert isinstance(detokenizer_for(CountingTokenizer(smol_tokenizer)), IncrementalDetokenizer)
 
 
 def test_decoding_work_is_linear_in_the_generated_length(smol_tokenizer):

@@ -276,6 +276,31 @@ def test_html_embeds_every_layer_exactly(tmp_path: Path) -> None:
     assert data["spans"] == [EMPHASIS.to_dict(), SPAN.to_dict()]
 
 
+@pytest.mark.parametrize(
+    "text,whole_characters",
+    [("Héllo wörld, été.\n\tTabs  and spaces", True), ("日本語 🙂🚀 한국어 ça e\u0301 Ελληνικά ĠĊ", False)],
+)
+def test_byte_level_tokens_read_as_the_tokenizer_decodes_them(
+    smol_tokenizer, text: str, whole_characters: bool
+) -> None:
+    """On a byte-level BPE tokenizer (SmolLM2's), a token reads as the tokenizer itself decodes it;
+    a token that holds part of a character keeps its raw form instead of U+FFFD."""
+    tokens = smol_tokenizer.convert_ids_to_tokens(smol_tokenizer(text, add_special_tokens=False)["input_ids"])
+    partial = 0
+    for token in tokens:
+        decoded = smol_tokenizer.convert_tokens_to_string([token])
+        if "\ufffd" in decoded:
+            partial += 1
+            assert display_token(token) == token.replace("Ġ", " ").replace("Ċ", "\n")
+        else:
+            assert display_token(token) == decoded, token
+    assert any(display_token(t) not in (t, t.replace("Ġ", " ")) for t in tokens)  # bytes were decoded
+    if whole_characters:  # no token splits a character: the tokens put together read as the text
+        assert partial == 0 and "".join(display_token(t) for t in tokens) == text
+    else:
+        assert partial > 0  # CJK, emoji and some accents are split into byte tokens
+
+
 def test_html_shows_every_token_readably_and_escaped(tmp_path: Path) -> None:
     target = make_result().to_html(str(tmp_path / "tokens.html"))
     page, parser = parse_page(Path(target))
