@@ -36,6 +36,7 @@ from guide_engine import TagError, escape_tags, parse_tags
 from guide_engine.errors import GuideValueError
 
 __all__ = [
+    "assistant_message",
     "engine_messages",
     "escape_end_user_texts",
     "message_text",
@@ -126,6 +127,12 @@ def trusted_copy(messages: Sequence[ChatMessage], end_user_texts: Sequence[str] 
 
 
 # -------------------------------------------------------------------------------- tool calls
+
+
+def assistant_message(text: str, tool_calls: Sequence[Any] = ()) -> ChatMessage:
+    """The model's answer as an assistant ``ChatMessage``; engine ``ToolCall``\\ s go in ``additional_kwargs``."""
+    calls = {"tool_calls": openai_tool_calls(tool_calls)} if tool_calls else {}
+    return ChatMessage(role=MessageRole.ASSISTANT, content=text, additional_kwargs=calls)
 
 
 def openai_tool_calls(calls: Sequence[Any]) -> list[dict[str, Any]]:
