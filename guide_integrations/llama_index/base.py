@@ -49,7 +49,14 @@ from guide_engine.options import Metric
 
 from ..core import SettingsError, agenerate, astream_pieces, check_engine_setting, model_display_name, stream_result
 from .events import InfluenceEvent, ResponseAnnotator, response_fields
-from .messages import assistant_message, engine_messages, escape_end_user_texts, tool_selections, trusted_copy
+from .messages import (
+    assistant_message,
+    engine_messages,
+    escape_end_user_texts,
+    tool_chat_kwargs,
+    tool_selections,
+    trusted_copy,
+)
 from .options import FIELD_OPTIONS, call_options, check_names, from_generate_kwargs
 from .provenance import EndUserTexts
 from .structured import StructuredRun
@@ -237,6 +244,80 @@ class GuideLLM(FunctionCallingLLM):
             model_name=model_display_name(self.model),
         )
 
+    # ------------------------------------------------------------------------------ chat
+    # One implementation per form (below: _generate, _agenerate, _stream, _astream); chat renders the
+    # conversation, complete its prompt, and both hand the engine prompt to the same call.
+
+    @llm_chat_callback()
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        """Answer a conversation, rendered by the model's chat template.
+
+        Tags apply in system and user messages; assistant turns and tool results are escaped.
+
+        Args:
+            messages: the conversation (system, user, assistant and tool turns).
+            **kwargs: per-call generation options, as for :meth:`complete`, plus ``tools`` (OpenAI
+                form) and ``tool_choice``; :meth:`chat_with_tools` fills both from LlamaIndex tools.
+        """
+        return self._generate(self._chat_prompt(messages), kwargs)
+
+    @llm_chat_callback()
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        """Like :meth:`chat`, one response per text piece; the last carries spans, counts and tool calls.
+
+        Tool-call markup is never in the deltas (the engine holds it back); the calls arrive with the last
+        response.
+        """
+        return self._stream(self._chat_prompt(messages), kwargs)
+
+    @llm_chat_callback()
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        """:meth:`chat` without blocking the event loop; cancelling it stops decoding."""
+        return await self._agenerate(self._chat_prompt(messages), kwargs)
+
+    @llm_chat_callback()
+    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+        """:meth:`stream_chat` without blocking the event loop; each step runs in a worker thread."""
+        return await self._astream(self._chat_prompt(messages), kwargs)
+
+    # ------------------------------------------------------------------------ completion
+    # complete is chat's answer as a completion, converted by LlamaIndex's own generic_utils (the output
+    # half of Ollama's chat_to_completion_decorator). Its input half stays ours: a prompt is not one user
+    # message here (a model without a chat template reads it raw; system_prompt, completion_to_prompt
+    # and formatted= apply). It calls the undecorated chat call, so only completion events fire, once.
+
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        """Complete a prompt (sent as a user message through the chat template, when there is one).
+
+        Args:
+            prompt: the prompt; its tags apply.
+            formatted: ``True`` when ``prompt`` is already formatted (``completion_to_prompt`` and
+                ``system_prompt`` are then not applied again).
+            **kwargs: per-call generation options: ``max_new_tokens``, ``temperature``, ``top_p``,
+                ``top_k``, ``repetition_penalty``, ``seed``, ``stop``, ``timeout``, ``delta_mid``,
+                ``delta_influence``, ``layers``, ``heads``, ``metric``, ``response_format``.
+        """
+        return chat_response_to_completion_response(self._generate(self._completion_prompt(prompt, formatted), kwargs))
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        """Like :meth:`complete`, one response per text piece; the last carries spans and counts."""
+        chunks = self._stream(self._completion_prompt(prompt, formatted), kwargs)
+        return stream_chat_response_to_completion_response(chunks)
+
+    @llm_completion_callback()
+    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        """:meth:`complete` without blocking the event loop; cancelling it stops decoding."""
+        response = await self._agenerate(self._completion_prompt(prompt, formatted), kwargs)
+        return chat_response_to_completion_response(response)
+
+    @llm_completion_callback()
+    async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
+        """:meth:`stream_complete` without blocking the event loop; each step runs in a worker thread."""
+        chunks = await self._astream(self._completion_prompt(prompt, formatted), kwargs)
+        return astream_chat_response_to_completion_response(chunks)
+
     # ------------------------------------------------------------------- token counting
 
     def tokenize(self, text: str) -> list[int]:
@@ -260,8 +341,8 @@ class GuideLLM(FunctionCallingLLM):
         Rendered as :meth:`complete`/:meth:`chat` render it (chat template, ``system_prompt``
         for a string), tags excluded.
         """
-        request = self._completion_prompt(prompt, False) if isinstance(prompt, str) else self._chat_prompt(prompt)
-        return len(self._engine.encode(request).input_ids)
+        rendered = self._completion_prompt(prompt, False) if isinstance(prompt, str) else self._chat_prompt(prompt)
+        return len(self._engine.encode(rendered).input_ids)
 
     # ----------------------------------------------------------------- templates: escaping
 
@@ -357,28 +438,14 @@ class GuideLLM(FunctionCallingLLM):
         tool_choice: str | dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> dict[str, Any]:
-        """``chat`` keywords: the messages, the tools in OpenAI form, and the tool choice.
-
-        ``tool_choice`` passes through (``"auto"``, ``"none"``, ``"required"``, a tool name or
-        ``{"type": "function", "function": {"name": ...}}``); without it, ``tool_required``
-        means ``"required"`` and otherwise ``"auto"``. The grammar enforces the choice.
-        """
+        """``chat`` keywords: the messages, the tools in OpenAI form, the tool choice (``tool_chat_kwargs``)."""
         messages = list(chat_history or [])
-        if isinstance(user_msg, str):
-            messages.append(ChatMessage(role=MessageRole.USER, content=user_msg))
-        elif user_msg is not None:
-            messages.append(user_msg)
-        prepared: dict[str, Any] = {"messages": messages, **kwargs}
-        if tools:
-            prepared["tools"] = [tool.metadata.to_openai_tool(skip_length_check=True) for tool in tools]
-            prepared["tool_choice"] = (
-                tool_choice if tool_choice is not None else ("required" if tool_required else "auto")
+        if user_msg is not None:
+            messages.append(
+                ChatMessage(role=MessageRole.USER, content=user_msg) if isinstance(user_msg, str) else user_msg
             )
-        elif tool_required or tool_choice not in (None, "auto", "none"):
-            raise GuideValueError(
-                f"tool_required={tool_required}, tool_choice={tool_choice!r} need at least one tool; pass tools=[...]"
-            )
-        return prepared
+        openai_tools = [tool.metadata.to_openai_tool(skip_length_check=True) for tool in tools]
+        return {"messages": messages, **kwargs, **tool_chat_kwargs(openai_tools, tool_required, tool_choice)}
 
     def _validate_chat_with_tools_response(
         self,
@@ -409,80 +476,6 @@ class GuideLLM(FunctionCallingLLM):
                 "tool_choice='<tool name>' to chat_with_tools to force one"
             )
         return selections
-
-    # ------------------------------------------------------------------------------ chat
-    # One implementation per form (below: _generate, _agenerate, _stream, _astream); chat renders the
-    # conversation, complete its prompt, and both hand the engine prompt to the same call.
-
-    @llm_chat_callback()
-    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        """Answer a conversation, rendered by the model's chat template.
-
-        Tags apply in system and user messages; assistant turns and tool results are escaped.
-
-        Args:
-            messages: the conversation (system, user, assistant and tool turns).
-            **kwargs: per-call generation options, as for :meth:`complete`, plus ``tools`` (OpenAI
-                form) and ``tool_choice``; :meth:`chat_with_tools` fills both from LlamaIndex tools.
-        """
-        return self._generate(self._chat_prompt(messages), kwargs)
-
-    @llm_chat_callback()
-    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        """Like :meth:`chat`, one response per text piece; the last carries spans, counts and tool calls.
-
-        Tool-call markup is never in the deltas (the engine holds it back); the calls arrive with the last
-        response.
-        """
-        return self._stream(self._chat_prompt(messages), kwargs)
-
-    @llm_chat_callback()
-    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        """:meth:`chat` without blocking the event loop; cancelling it stops decoding."""
-        return await self._agenerate(self._chat_prompt(messages), kwargs)
-
-    @llm_chat_callback()
-    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
-        """:meth:`stream_chat` without blocking the event loop; each step runs in a worker thread."""
-        return await self._astream(self._chat_prompt(messages), kwargs)
-
-    # ------------------------------------------------------------------------ completion
-    # complete is chat's answer as a completion, converted by LlamaIndex's own generic_utils (the output
-    # half of Ollama's chat_to_completion_decorator). Its input half stays ours: a prompt is not one user
-    # message here (a model without a chat template reads it raw; system_prompt, completion_to_prompt
-    # and formatted= apply). It calls the undecorated chat call, so only completion events fire, once.
-
-    @llm_completion_callback()
-    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        """Complete a prompt (sent as a user message through the chat template, when there is one).
-
-        Args:
-            prompt: the prompt; its tags apply.
-            formatted: ``True`` when ``prompt`` is already formatted (``completion_to_prompt`` and
-                ``system_prompt`` are then not applied again).
-            **kwargs: per-call generation options: ``max_new_tokens``, ``temperature``, ``top_p``,
-                ``top_k``, ``repetition_penalty``, ``seed``, ``stop``, ``timeout``, ``delta_mid``,
-                ``delta_influence``, ``layers``, ``heads``, ``metric``, ``response_format``.
-        """
-        return chat_response_to_completion_response(self._generate(self._completion_prompt(prompt, formatted), kwargs))
-
-    @llm_completion_callback()
-    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
-        """Like :meth:`complete`, one response per text piece; the last carries spans and counts."""
-        chunks = self._stream(self._completion_prompt(prompt, formatted), kwargs)
-        return stream_chat_response_to_completion_response(chunks)
-
-    @llm_completion_callback()
-    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        """:meth:`complete` without blocking the event loop; cancelling it stops decoding."""
-        response = await self._agenerate(self._completion_prompt(prompt, formatted), kwargs)
-        return chat_response_to_completion_response(response)
-
-    @llm_completion_callback()
-    async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
-        """:meth:`stream_complete` without blocking the event loop; each step runs in a worker thread."""
-        chunks = await self._astream(self._completion_prompt(prompt, formatted), kwargs)
-        return astream_chat_response_to_completion_response(chunks)
 
     # ------------------------------------------------------------------------- internals
 
