@@ -1,12 +1,15 @@
-"""GuideLLM as a FunctionCallingLLM: tool calls, constrained structured output, token counting, vocabulary.
+"""GuideLLM as a FunctionCallingLLM: entry points, tool calls, constrained structured output, token counting.
 
 Two tiers. The translation tests run on a tiny random llama built in-process (SmolLM2's tokenizer and
-chat template): tools to OpenAI form, tool choice, tool calls back to ``ToolSelection``, tool results
-and assistant turns escaped, ``generate_kwargs`` and the refused names. The ``real_model`` tests run
+chat template): each entry point's LlamaIndex events and token count, what ``complete`` sends (with
+and without a chat template), tools to OpenAI form, tool choice, tool calls back to ``ToolSelection``,
+tool results and assistant turns escaped, ``generate_kwargs`` and the refused names. The ``real_model`` tests run
 the embedded SmolLM2-135M-Instruct: every tool call and every structured result of 20+ varied
 prompts parses and validates, and a ``FunctionAgent`` does a tool round trip.
 """
 
+import contextlib
+import copy
 import json
 from enum import Enum
 from typing import Literal
@@ -25,10 +28,20 @@ pytest.importorskip(
 )
 
 from llama_index.core import PromptTemplate  # noqa: E402
+from llama_index.core.base.llms.generic_utils import messages_to_prompt  # noqa: E402
 from llama_index.core.base.llms.types import ChatMessage, ChatResponse, MessageRole, ToolCallBlock  # noqa: E402
+from llama_index.core.callbacks import CallbackManager, TokenCountingHandler  # noqa: E402
 from llama_index.core.instrumentation import get_dispatcher  # noqa: E402
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler  # noqa: E402
-from llama_index.core.instrumentation.events.llm import LLMChatEndEvent  # noqa: E402
+from llama_index.core.instrumentation.events.llm import (  # noqa: E402
+    LLMChatEndEvent,
+    LLMChatStartEvent,
+    LLMCompletionEndEvent,
+    LLMCompletionStartEvent,
+    LLMStructuredPredictEndEvent,
+    LLMStructuredPredictInProgressEvent,
+    LLMStructuredPredictStartEvent,
+)
 from llama_index.core.llms.function_calling import FunctionCallingLLM  # noqa: E402
 from llama_index.core.tools import FunctionTool  # noqa: E402
 
@@ -145,12 +158,113 @@ class ChatEnds(BaseEventHandler):
             self.ends.append(event)
 
 
+class ChatStarts(BaseEventHandler):
+    starts: list = []
+
+    def handle(self, event, **kwargs):
+        if isinstance(event, LLMChatStartEvent):
+            self.starts.append(event)
+
+
 @pytest.fixture
 def chat_ends():
     handler = ChatEnds(ends=[])
     get_dispatcher().add_event_handler(handler)
     yield handler.ends
     get_dispatcher().event_handlers.remove(handler)
+
+
+class LLMEventNames(BaseEventHandler):
+    """The names of LlamaIndex's LLM start/end and structured-predict events, in order."""
+
+    names: list = []
+
+    def handle(self, event, **kwargs):
+        kinds = (
+            LLMChatStartEvent,
+            LLMChatEndEvent,
+            LLMCompletionStartEvent,
+            LLMCompletionEndEvent,
+            LLMStructuredPredictStartEvent,
+            LLMStructuredPredictInProgressEvent,
+            LLMStructuredPredictEndEvent,
+        )
+        if isinstance(event, kinds):
+            self.names.append(type(event).__name__.removeprefix("LLM").removesuffix("Event"))
+
+
+@pytest.fixture
+def event_names():
+    handler = LLMEventNames(names=[])
+    get_dispatcher().add_event_handler(handler)
+    yield handler.names
+    get_dispatcher().event_handlers.remove(handler)
+
+
+# ------------------------------------------------- the eight entry points (tiny model)
+
+TAGGED = "<!!-> Paris <-!!> is the capital of"
+FORMS = ["complete", "stream_complete", "acomplete", "astream_complete", "chat", "stream_chat", "achat", "astream_chat"]
+
+
+async def last_response(llm, form, prompt):
+    """The (last) response of one entry point: ``complete`` forms get the prompt, ``chat`` forms one user message."""
+    argument = prompt if "complete" in form else [ChatMessage(role="user", content=prompt)]
+    call = getattr(llm, form)
+    if form.startswith("astream"):
+        return [r async for r in await call(argument)][-1]
+    if form.startswith("a"):
+        return await call(argument)
+    if form.startswith("stream"):
+        return list(call(argument))[-1]
+    return call(argument)
+
+
+@pytest.mark.parametrize("form", FORMS)
+async def test_each_entry_point_fires_its_own_events_once_and_is_counted_once(tiny_engine, event_names, form):
+    """complete is derived from chat's call, not from ``chat``: a call is one LLM event, of its own kind."""
+    counter = TokenCountingHandler(tokenizer=lambda text: text.split())
+    llm = GuideLLM(engine=tiny_engine, max_new_tokens=4, callback_manager=CallbackManager([counter]))
+    response = await last_response(llm, form, TAGGED)
+    kind = "Completion" if "complete" in form else "Chat"
+    assert event_names == [f"{kind}Start", f"{kind}End"]
+    reference = tiny_engine.generate(TAGGED, max_new_tokens=4)
+    assert (response.text if kind == "Completion" else response.message.content) == reference.text
+    assert response.additional_kwargs["spans"] == [s.to_dict() for s in reference.spans]
+    assert len(counter.llm_token_counts) == 1  # TokenCountingHandler saw one LLM call
+    assert (counter.prompt_llm_token_count, counter.completion_llm_token_count) == (
+        reference.prompt_tokens,
+        reference.completion_tokens,
+    )
+
+
+def test_complete_sends_its_own_prompt_with_and_without_a_chat_template(tiny_engine, smol_tokenizer):
+    """What stays complete's own: system_prompt, completion_to_prompt, formatted=, a raw prompt without a template."""
+    system = "<!-> Be brief. <-!>"
+    llm = GuideLLM(engine=tiny_engine, max_new_tokens=3, system_prompt=system, completion_to_prompt=str.upper)
+    done = llm.complete("tell me about oslo")
+    reference = tiny_engine.generate(
+        [{"role": "system", "content": system}, {"role": "user", "content": "TELL ME ABOUT OSLO"}], max_new_tokens=3
+    )
+    assert (done.text, done.raw["guide"]["prompt_text"]) == (reference.text, reference.prompt_text)
+    formatted = llm.complete("tell me about oslo", formatted=True)  # neither system_prompt nor completion_to_prompt
+    assert (
+        formatted.raw["guide"]["prompt_text"]
+        == tiny_engine.generate("tell me about oslo", max_new_tokens=3).prompt_text
+    )
+
+    plain_tokenizer = copy.deepcopy(smol_tokenizer)
+    plain_tokenizer.chat_template = None
+    plain = GuideEngine(tiny_engine.model, plain_tokenizer, max_new_tokens=3)
+    llm = GuideLLM(engine=plain, max_new_tokens=3, system_prompt=system)
+    assert llm.metadata.is_chat_model is False
+    done = llm.complete(TAGGED)
+    reference = plain.generate(f"{system}\n\n{TAGGED}", max_new_tokens=3)  # the raw prompt, no role labels
+    assert (done.text, done.raw["guide"]["prompt_text"]) == (reference.text, reference.prompt_text)
+    assert [s["text"] for s in done.additional_kwargs["spans"]] == [" Be brief. ", " Paris "]
+    said = llm.chat([ChatMessage(role="user", content=TAGGED)])  # chat renders with messages_to_prompt
+    reference = plain.generate(messages_to_prompt([ChatMessage(role="user", content=TAGGED)]), max_new_tokens=3)
+    assert (said.message.content, said.raw["guide"]["prompt_text"]) == (reference.text, reference.prompt_text)
 
 
 # ---------------------------------------------------------------- translation (tiny model)
@@ -330,6 +444,51 @@ def test_constrained_structured_predict_validates_even_on_a_random_model(tiny, c
     response = chat_ends[-1].response
     assert [(s["level"], s["text"]) for s in response.additional_kwargs["spans"]] == [(1, " Answer in JSON. ")]
     assert Paint.model_validate_json(response.message.content) == paint
+
+
+STRUCTURED_FORMS = [
+    "structured_predict",
+    "astructured_predict",
+    "stream_structured_predict",
+    "astream_structured_predict",
+]
+
+
+@pytest.mark.parametrize("form", STRUCTURED_FORMS)
+async def test_every_structured_form_fires_llama_index_structured_events_around_one_chat(tiny, event_names, form):
+    template = PromptTemplate("<!-> Answer in JSON. <-!> Describe {thing}.")
+    call = getattr(tiny, form)(Paint, template, llm_kwargs={"max_new_tokens": 40}, thing="a door")
+    if form == "structured_predict":
+        objects = [call]
+    elif form == "astructured_predict":
+        objects = [await call]
+    elif form == "stream_structured_predict":
+        objects = list(call)
+    else:
+        objects = [o async for o in await call]
+    assert isinstance(objects[-1], Paint)
+    progress = ["StructuredPredictInProgress"] * len(objects) if "stream" in form else []
+    assert event_names == ["StructuredPredictStart", "ChatStart", *progress, "ChatEnd", "StructuredPredictEnd"]
+
+
+@pytest.mark.parametrize("form", ["structured_predict", "astream_structured_predict"])
+async def test_another_program_mode_runs_llama_indexs_program_on_escaped_values(tiny_engine, event_names, form):
+    llm = GuideLLM(engine=tiny_engine, max_new_tokens=2, pydantic_program_mode="llm")
+    chat_starts = ChatStarts(starts=[])
+    get_dispatcher().add_event_handler(chat_starts)
+    try:
+        # Two tokens of a random model are no JSON: LlamaIndex's parser raises (its streaming parser does not).
+        with contextlib.suppress(ValueError):
+            call = getattr(llm, form)(City, PromptTemplate("<!-> JSON. <-!> Describe {x}."), x=INJECTION)
+            if form == "astream_structured_predict":
+                async for _ in await call:
+                    pass
+    finally:
+        get_dispatcher().event_handlers.remove(chat_starts)
+    assert event_names[:2] == ["StructuredPredictStart", "ChatStart"]  # LlamaIndex's own, not ours as well
+    assert event_names.count("StructuredPredictStart") == 1
+    sent = chat_starts.starts[-1].messages[-1].content
+    assert escape_tags(INJECTION) in sent and sent.startswith("<!-> JSON. <-!>")  # the template's tags kept
 
 
 def test_structured_output_cut_by_max_new_tokens_says_what_to_raise(tiny):

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import warnings
-from collections.abc import AsyncGenerator, Callable, Generator, Sequence
+from collections.abc import AsyncGenerator, Generator, Sequence
 from contextlib import aclosing, closing
 from typing import TYPE_CHECKING, Any, Literal
-from uuid import uuid4
 
+from llama_index.core.base.llms.generic_utils import (
+    astream_chat_response_to_completion_response,
+    chat_response_to_completion_response,
+    stream_chat_response_to_completion_response,
+)
 from llama_index.core.base.llms.types import (
     ChatMessage,
     ChatResponse,
@@ -22,19 +26,13 @@ from llama_index.core.base.llms.types import (
 )
 from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW
 from llama_index.core.instrumentation import get_dispatcher
-from llama_index.core.instrumentation.events.llm import (
-    LLMStructuredPredictEndEvent,
-    LLMStructuredPredictInProgressEvent,
-    LLMStructuredPredictStartEvent,
-)
 from llama_index.core.instrumentation.span import active_span_id
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
-from llama_index.core.program.streaming_utils import process_streaming_content_incremental
 from llama_index.core.prompts.base import BasePromptTemplate
 from llama_index.core.types import PydanticProgramMode
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator
+from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator
 
 from guide_engine import (
     GenerationResult,
@@ -44,27 +42,24 @@ from guide_engine import (
     parse_tags,
     shared_engine,
 )
+from guide_engine.alignment import Prompt
 from guide_engine.errors import GuideValueError
 from guide_engine.loading import DEFAULT_MODEL_NAMES
 from guide_engine.options import Metric
 
-from ..core import (
-    SettingsError,
-    agenerate,
-    astream_pieces,
-    check_engine_setting,
-    has_influence_span,
-    json_schema_format,
-    model_display_name,
-    stream_result,
-    token_usage,
-    unknown_options,
+from ..core import SettingsError, agenerate, astream_pieces, check_engine_setting, model_display_name, stream_result
+from .events import InfluenceEvent, ResponseAnnotator, response_fields
+from .messages import (
+    assistant_message,
+    engine_messages,
+    escape_end_user_texts,
+    tool_chat_kwargs,
+    tool_selections,
+    trusted_copy,
 )
-from .events import GUIDE_METADATA_KEY, InfluenceEvent, ResponseAnnotator
-from .messages import engine_messages, escape_end_user_texts, openai_tool_calls, tool_selections, trusted_copy
-from .options import CALL_OPTIONS, FIELD_OPTIONS, PER_CALL_OPTIONS, check_names, from_generate_kwargs
+from .options import FIELD_OPTIONS, call_options, check_names, from_generate_kwargs
 from .provenance import EndUserTexts
-from .structured import parse_structured, pydantic_json_schema
+from .structured import StructuredRun
 from .templates import escaped_template_args
 
 if TYPE_CHECKING:
@@ -73,8 +68,6 @@ if TYPE_CHECKING:
 __all__ = ["GuideLLM"]
 
 dispatcher = get_dispatcher(__name__)
-
-_PROGRAM_KEYWORDS = ("tool_required", "tool_choice", "allow_parallel_tool_calls")  # FunctionCallingProgram's
 
 
 class GuideLLM(FunctionCallingLLM):
@@ -251,6 +244,80 @@ class GuideLLM(FunctionCallingLLM):
             model_name=model_display_name(self.model),
         )
 
+    # ------------------------------------------------------------------------------ chat
+    # One implementation per form (below: _generate, _agenerate, _stream, _astream); chat renders the
+    # conversation, complete its prompt, and both hand the engine prompt to the same call.
+
+    @llm_chat_callback()
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        """Answer a conversation, rendered by the model's chat template.
+
+        Tags apply in system and user messages; assistant turns and tool results are escaped.
+
+        Args:
+            messages: the conversation (system, user, assistant and tool turns).
+            **kwargs: per-call generation options, as for :meth:`complete`, plus ``tools`` (OpenAI
+                form) and ``tool_choice``; :meth:`chat_with_tools` fills both from LlamaIndex tools.
+        """
+        return self._generate(self._chat_prompt(messages), kwargs)
+
+    @llm_chat_callback()
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        """Like :meth:`chat`, one response per text piece; the last carries spans, counts and tool calls.
+
+        Tool-call markup is never in the deltas (the engine holds it back); the calls arrive with the last
+        response.
+        """
+        return self._stream(self._chat_prompt(messages), kwargs)
+
+    @llm_chat_callback()
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        """:meth:`chat` without blocking the event loop; cancelling it stops decoding."""
+        return await self._agenerate(self._chat_prompt(messages), kwargs)
+
+    @llm_chat_callback()
+    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+        """:meth:`stream_chat` without blocking the event loop; each step runs in a worker thread."""
+        return await self._astream(self._chat_prompt(messages), kwargs)
+
+    # ------------------------------------------------------------------------ completion
+    # complete is chat's answer as a completion, converted by LlamaIndex's own generic_utils (the output
+    # half of Ollama's chat_to_completion_decorator). Its input half stays ours: a prompt is not one user
+    # message here (a model without a chat template reads it raw; system_prompt, completion_to_prompt
+    # and formatted= apply). It calls the undecorated chat call, so only completion events fire, once.
+
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        """Complete a prompt (sent as a user message through the chat template, when there is one).
+
+        Args:
+            prompt: the prompt; its tags apply.
+            formatted: ``True`` when ``prompt`` is already formatted (``completion_to_prompt`` and
+                ``system_prompt`` are then not applied again).
+            **kwargs: per-call generation options: ``max_new_tokens``, ``temperature``, ``top_p``,
+                ``top_k``, ``repetition_penalty``, ``seed``, ``stop``, ``timeout``, ``delta_mid``,
+                ``delta_influence``, ``layers``, ``heads``, ``metric``, ``response_format``.
+        """
+        return chat_response_to_completion_response(self._generate(self._completion_prompt(prompt, formatted), kwargs))
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        """Like :meth:`complete`, one response per text piece; the last carries spans and counts."""
+        chunks = self._stream(self._completion_prompt(prompt, formatted), kwargs)
+        return stream_chat_response_to_completion_response(chunks)
+
+    @llm_completion_callback()
+    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        """:meth:`complete` without blocking the event loop; cancelling it stops decoding."""
+        response = await self._agenerate(self._completion_prompt(prompt, formatted), kwargs)
+        return chat_response_to_completion_response(response)
+
+    @llm_completion_callback()
+    async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
+        """:meth:`stream_complete` without blocking the event loop; each step runs in a worker thread."""
+        chunks = await self._astream(self._completion_prompt(prompt, formatted), kwargs)
+        return astream_chat_response_to_completion_response(chunks)
+
     # ------------------------------------------------------------------- token counting
 
     def tokenize(self, text: str) -> list[int]:
@@ -274,8 +341,8 @@ class GuideLLM(FunctionCallingLLM):
         Rendered as :meth:`complete`/:meth:`chat` render it (chat template, ``system_prompt``
         for a string), tags excluded.
         """
-        request = self._completion_prompt(prompt, False) if isinstance(prompt, str) else self._chat_prompt(prompt)
-        return len(self._engine.encode(request).input_ids)
+        rendered = self._completion_prompt(prompt, False) if isinstance(prompt, str) else self._chat_prompt(prompt)
+        return len(self._engine.encode(rendered).input_ids)
 
     # ----------------------------------------------------------------- templates: escaping
 
@@ -297,6 +364,8 @@ class GuideLLM(FunctionCallingLLM):
         return escaped_template_args(prompt, prompt_args, llm=self)
 
     # ------------------------------------------------------------------ structured output
+    # Each form: LlamaIndex's own (its program for the mode) when pydantic_program_mode is not the
+    # default; otherwise one chat call under the class's JSON schema, its events sent by StructuredRun.
 
     def structured_predict(
         self, output_cls: Any, prompt: BasePromptTemplate, llm_kwargs: dict[str, Any] | None = None, **prompt_args: Any
@@ -310,75 +379,51 @@ class GuideLLM(FunctionCallingLLM):
         Raises:
             GuideValueError: the JSON did not fit in ``max_new_tokens``.
         """
-        if self.pydantic_program_mode != PydanticProgramMode.DEFAULT:
-            prompt, prompt_args = self._template_inputs(prompt, prompt_args)
-            return super().structured_predict(output_cls, prompt, llm_kwargs=llm_kwargs, **prompt_args)
-        dispatcher.event(
-            LLMStructuredPredictStartEvent(output_cls=output_cls, template=prompt, template_args=prompt_args)
-        )
-        messages = self._get_messages(prompt, **prompt_args)
-        response = self.chat(messages, **_structured_kwargs(output_cls, llm_kwargs))
-        result = parse_structured(output_cls, response)
-        dispatcher.event(LLMStructuredPredictEndEvent(output=result))
-        return result
+        template, args, run = self._structured(output_cls, prompt, llm_kwargs, prompt_args)
+        if run is None:
+            return super().structured_predict(output_cls, template, llm_kwargs, **args)
+        return run.result(self.chat(run.messages, **run.chat_kwargs))
 
     async def astructured_predict(
         self, output_cls: Any, prompt: BasePromptTemplate, llm_kwargs: dict[str, Any] | None = None, **prompt_args: Any
     ) -> Any:
         """:meth:`structured_predict` without blocking the event loop."""
-        if self.pydantic_program_mode != PydanticProgramMode.DEFAULT:
-            prompt, prompt_args = self._template_inputs(prompt, prompt_args)
-            return await super().astructured_predict(output_cls, prompt, llm_kwargs=llm_kwargs, **prompt_args)
-        dispatcher.event(
-            LLMStructuredPredictStartEvent(output_cls=output_cls, template=prompt, template_args=prompt_args)
-        )
-        messages = self._get_messages(prompt, **prompt_args)
-        response = await self.achat(messages, **_structured_kwargs(output_cls, llm_kwargs))
-        result = parse_structured(output_cls, response)
-        dispatcher.event(LLMStructuredPredictEndEvent(output=result))
-        return result
+        template, args, run = self._structured(output_cls, prompt, llm_kwargs, prompt_args)
+        if run is None:
+            return await super().astructured_predict(output_cls, template, llm_kwargs, **args)
+        return run.result(await self.achat(run.messages, **run.chat_kwargs))
 
     def stream_structured_predict(
         self, output_cls: Any, prompt: BasePromptTemplate, llm_kwargs: dict[str, Any] | None = None, **prompt_args: Any
     ) -> Generator[Any, None, None]:
         """Partial objects while the constrained JSON streams; the last one is a validated ``output_cls``."""
-        if self.pydantic_program_mode != PydanticProgramMode.DEFAULT:
-            prompt, prompt_args = self._template_inputs(prompt, prompt_args)
-            yield from super().stream_structured_predict(output_cls, prompt, llm_kwargs=llm_kwargs, **prompt_args)
-            return
-        dispatcher.event(
-            LLMStructuredPredictStartEvent(output_cls=output_cls, template=prompt, template_args=prompt_args)
-        )
-        messages = self._get_messages(prompt, **prompt_args)
-        current = None
-        for chunk in self.stream_chat(messages, **_structured_kwargs(output_cls, llm_kwargs)):
-            current = _partial_or_final(output_cls, chunk, current)
-            dispatcher.event(LLMStructuredPredictInProgressEvent(output=current))
-            yield current
-        dispatcher.event(LLMStructuredPredictEndEvent(output=current))
+        template, args, run = self._structured(output_cls, prompt, llm_kwargs, prompt_args)
+        if run is None:
+            return super().stream_structured_predict(output_cls, template, llm_kwargs, **args)
+        return run.objects(self.stream_chat(run.messages, **run.chat_kwargs))
 
     async def astream_structured_predict(
         self, output_cls: Any, prompt: BasePromptTemplate, llm_kwargs: dict[str, Any] | None = None, **prompt_args: Any
     ) -> AsyncGenerator[Any, None]:
         """:meth:`stream_structured_predict` without blocking the event loop."""
+        template, args, run = self._structured(output_cls, prompt, llm_kwargs, prompt_args)
+        if run is None:
+            return await super().astream_structured_predict(output_cls, template, llm_kwargs, **args)
+        return run.aobjects(await self.astream_chat(run.messages, **run.chat_kwargs))
+
+    def _structured(
+        self,
+        output_cls: Any,
+        prompt: BasePromptTemplate,
+        llm_kwargs: dict[str, Any] | None,
+        prompt_args: dict[str, Any],
+    ) -> tuple[BasePromptTemplate, dict[str, Any], StructuredRun | None]:
+        """The template and its escaped values; a run, or ``None`` where LlamaIndex's program formats them."""
+        template, args = self._template_inputs(prompt, prompt_args)
         if self.pydantic_program_mode != PydanticProgramMode.DEFAULT:
-            prompt, prompt_args = self._template_inputs(prompt, prompt_args)
-            return await super().astream_structured_predict(output_cls, prompt, llm_kwargs=llm_kwargs, **prompt_args)
-        messages = self._get_messages(prompt, **prompt_args)
-        chunks = await self.astream_chat(messages, **_structured_kwargs(output_cls, llm_kwargs))
-
-        async def objects() -> AsyncGenerator[Any, None]:
-            dispatcher.event(
-                LLMStructuredPredictStartEvent(output_cls=output_cls, template=prompt, template_args=prompt_args)
-            )
-            current = None
-            async for chunk in chunks:
-                current = _partial_or_final(output_cls, chunk, current)
-                dispatcher.event(LLMStructuredPredictInProgressEvent(output=current))
-                yield current
-            dispatcher.event(LLMStructuredPredictEndEvent(output=current))
-
-        return objects()
+            return template, args, None
+        messages = super()._get_messages(template, **args)  # the values are escaped already
+        return template, args, StructuredRun(output_cls, messages, llm_kwargs, prompt, prompt_args)
 
     # ----------------------------------------------------------------------- tool calling
 
@@ -393,28 +438,14 @@ class GuideLLM(FunctionCallingLLM):
         tool_choice: str | dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> dict[str, Any]:
-        """``chat`` keywords: the messages, the tools in OpenAI form, and the tool choice.
-
-        ``tool_choice`` passes through (``"auto"``, ``"none"``, ``"required"``, a tool name or
-        ``{"type": "function", "function": {"name": ...}}``); without it, ``tool_required``
-        means ``"required"`` and otherwise ``"auto"``. The grammar enforces the choice.
-        """
+        """``chat`` keywords: the messages, the tools in OpenAI form, the tool choice (``tool_chat_kwargs``)."""
         messages = list(chat_history or [])
-        if isinstance(user_msg, str):
-            messages.append(ChatMessage(role=MessageRole.USER, content=user_msg))
-        elif user_msg is not None:
-            messages.append(user_msg)
-        prepared: dict[str, Any] = {"messages": messages, **kwargs}
-        if tools:
-            prepared["tools"] = [tool.metadata.to_openai_tool(skip_length_check=True) for tool in tools]
-            prepared["tool_choice"] = (
-                tool_choice if tool_choice is not None else ("required" if tool_required else "auto")
+        if user_msg is not None:
+            messages.append(
+                ChatMessage(role=MessageRole.USER, content=user_msg) if isinstance(user_msg, str) else user_msg
             )
-        elif tool_required or tool_choice not in (None, "auto", "none"):
-            raise GuideValueError(
-                f"tool_required={tool_required}, tool_choice={tool_choice!r} need at least one tool; pass tools=[...]"
-            )
-        return prepared
+        openai_tools = [tool.metadata.to_openai_tool(skip_length_check=True) for tool in tools]
+        return {"messages": messages, **kwargs, **tool_chat_kwargs(openai_tools, tool_required, tool_choice)}
 
     def _validate_chat_with_tools_response(
         self,
@@ -446,92 +477,6 @@ class GuideLLM(FunctionCallingLLM):
             )
         return selections
 
-    # ------------------------------------------------------------------------ completion
-
-    @llm_completion_callback()
-    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        """Complete a prompt (sent as a user message through the chat template, when there is one).
-
-        Args:
-            prompt: the prompt; its tags apply.
-            formatted: ``True`` when ``prompt`` is already formatted (``completion_to_prompt`` and
-                ``system_prompt`` are then not applied again).
-            **kwargs: per-call generation options: ``max_new_tokens``, ``temperature``, ``top_p``,
-                ``top_k``, ``repetition_penalty``, ``seed``, ``stop``, ``timeout``, ``delta_mid``,
-                ``delta_influence``, ``layers``, ``heads``, ``metric``, ``response_format``.
-        """
-        request = self._completion_prompt(prompt, formatted)
-        result = self._engine.generate(request, **self._options(request, kwargs))
-        return self._completion_response(result, result.text)
-
-    @llm_completion_callback()
-    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
-        """Like :meth:`complete`, one response per text piece; the last carries spans and counts."""
-        request = self._completion_prompt(prompt, formatted)
-        options = self._options(request, kwargs)
-        stream = self._engine.stream(request, **options)
-        return self._stream_responses(stream, self._completion_chunk, active_span_id.get())
-
-    @llm_completion_callback()
-    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        """:meth:`complete` without blocking the event loop; cancelling it stops decoding."""
-        request = self._completion_prompt(prompt, formatted)
-        result = await self._agenerate(request, self._options(request, kwargs))
-        return self._completion_response(result, result.text)
-
-    @llm_completion_callback()
-    async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
-        """:meth:`stream_complete` without blocking the event loop; each step runs in a worker thread."""
-        request = self._completion_prompt(prompt, formatted)
-        stream = await asyncio.to_thread(self._engine.stream, request, **self._options(request, kwargs))
-        return self._astream_responses(stream, self._completion_chunk, active_span_id.get())
-
-    # ------------------------------------------------------------------------------ chat
-
-    @llm_chat_callback()
-    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        """Answer a conversation, rendered by the model's chat template.
-
-        Tags apply in system and user messages; assistant turns and tool results are escaped.
-
-        Args:
-            messages: the conversation (system, user, assistant and tool turns).
-            **kwargs: per-call generation options, as for :meth:`complete`, plus ``tools`` (OpenAI
-                form) and ``tool_choice``; :meth:`chat_with_tools` fills both from LlamaIndex tools.
-        """
-        request = self._chat_prompt(messages)
-        options = self._options(request, kwargs)
-        result = self._engine.generate(request, **options)
-        return self._chat_response(result, result.text)
-
-    @llm_chat_callback()
-    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        """Like :meth:`chat`, one response per text piece; the last carries spans, counts and tool calls.
-
-        Tool-call markup is never in the deltas (the engine holds it back); the calls arrive with the last
-        response.
-        """
-        request = self._chat_prompt(messages)
-        options = self._options(request, kwargs)
-        stream = self._engine.stream(request, **options)
-        return self._stream_responses(stream, self._chat_chunk, active_span_id.get())
-
-    @llm_chat_callback()
-    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        """:meth:`chat` without blocking the event loop; cancelling it stops decoding."""
-        request = self._chat_prompt(messages)
-        options = self._options(request, kwargs)
-        result = await self._agenerate(request, options)
-        return self._chat_response(result, result.text)
-
-    @llm_chat_callback()
-    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
-        """:meth:`stream_chat` without blocking the event loop; each step runs in a worker thread."""
-        request = self._chat_prompt(messages)
-        options = self._options(request, kwargs)
-        stream = await asyncio.to_thread(self._engine.stream, request, **options)
-        return self._astream_responses(stream, self._chat_chunk, active_span_id.get())
-
     # ------------------------------------------------------------------------- internals
 
     @property
@@ -542,7 +487,13 @@ class GuideLLM(FunctionCallingLLM):
         """What the end user of a chat engine this call runs inside typed (empty outside chat engines)."""
         return self._end_users.texts_above(active_span_id.get())
 
-    def _completion_prompt(self, prompt: str, formatted: bool) -> Any:
+    def _chat_prompt(self, messages: Sequence[ChatMessage]) -> Prompt:
+        end_user = self._end_user_texts()
+        if not self._has_chat_template:
+            return self.messages_to_prompt(trusted_copy(messages, end_user))  # type: ignore[misc]  # LLM sets a default
+        return engine_messages(messages, end_user)
+
+    def _completion_prompt(self, prompt: str, formatted: bool) -> Prompt:
         prompt = escape_end_user_texts(prompt, self._end_user_texts())  # a condense step's history and question
         if formatted:
             return prompt
@@ -553,128 +504,55 @@ class GuideLLM(FunctionCallingLLM):
             return [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": text}]
         return f"{self.system_prompt}\n\n{text}"
 
-    def _chat_prompt(self, messages: Sequence[ChatMessage]) -> Any:
-        end_user = self._end_user_texts()
-        if not self._has_chat_template:
-            return self.messages_to_prompt(trusted_copy(messages, end_user))  # type: ignore[misc]  # LLM sets a default
-        return engine_messages(messages, end_user)
+    def _options(self, prompt: Prompt, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The engine options of a call on ``prompt``: every field, the call's keywords winning."""
+        return call_options({name: getattr(self, name) for name in FIELD_OPTIONS}, prompt, kwargs)
 
-    def _options(self, request: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        check_names(kwargs, "GuideLLM call")
-        unknown = unknown_options(kwargs, CALL_OPTIONS)
-        if unknown:
-            raise GuideValueError(f"unknown generation option(s) {unknown}; GuideLLM accepts {sorted(CALL_OPTIONS)}")
-        # Every engine option is a field of the same name; the call's keywords win.
-        options = {name: kwargs.get(name, getattr(self, name)) for name in FIELD_OPTIONS}
-        options.update({name: kwargs[name] for name in PER_CALL_OPTIONS if kwargs.get(name) is not None})
-        if options["metric"] is not None and not has_influence_span(request):
-            options["metric"] = None  # nothing to measure
-        return options
+    # The call itself, in four forms: the engine prompt in, chat responses out.
 
-    async def _agenerate(self, request: Any, options: dict[str, Any]) -> GenerationResult:
-        return await agenerate(self._engine, request, options)
+    def _generate(self, prompt: Prompt, kwargs: dict[str, Any]) -> ChatResponse:
+        result = self._engine.generate(prompt, **self._options(prompt, kwargs))
+        return self._finished(result, result.text, active_span_id.get())
 
-    def _stream_responses(
-        self, stream: GenerationStream, chunk: Callable[..., Any], span_id: str | None
-    ) -> Generator[Any, None, None]:
-        text = ""  # the engine never streams tool-call markup
-        with closing(_pieces(stream)) as pieces:  # a consumer that stops early stops decoding
-            for piece, result in pieces:
-                text += piece
-                if piece or result is not None:
-                    yield chunk(text, piece, result, span_id)
+    async def _agenerate(self, prompt: Prompt, kwargs: dict[str, Any]) -> ChatResponse:
+        result = await agenerate(self._engine, prompt, self._options(prompt, kwargs))
+        return self._finished(result, result.text, active_span_id.get())
 
-    async def _astream_responses(
-        self, stream: GenerationStream, chunk: Callable[..., Any], span_id: str | None
-    ) -> AsyncGenerator[Any, None]:
-        text = ""
-        async with aclosing(_apieces(stream)) as pieces:
-            async for piece, result in pieces:
-                text += piece
-                if piece or result is not None:
-                    yield chunk(text, piece, result, span_id)
+    def _stream(self, prompt: Prompt, kwargs: dict[str, Any]) -> ChatResponseGen:
+        stream = self._engine.stream(prompt, **self._options(prompt, kwargs))
+        return self._responses(stream, active_span_id.get())
 
-    def _completion_chunk(
-        self, text: str, piece: str, result: GenerationResult | None, span_id: str | None
-    ) -> CompletionResponse:
-        if result is None:
-            return CompletionResponse(text=text, delta=piece)
-        return self._completion_response(result, piece, span_id=span_id)
+    async def _astream(self, prompt: Prompt, kwargs: dict[str, Any]) -> ChatResponseAsyncGen:
+        stream = await asyncio.to_thread(self._engine.stream, prompt, **self._options(prompt, kwargs))
+        return self._aresponses(stream, active_span_id.get())
 
-    def _chat_chunk(self, text: str, piece: str, result: GenerationResult | None, span_id: str | None) -> ChatResponse:
-        if result is None:
-            return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=piece)
-        return self._chat_response(result, piece, span_id=span_id)
+    def _responses(self, stream: GenerationStream, span_id: str | None) -> ChatResponseGen:
+        """One response per text piece; the last piece is held back to come with the result."""
+        text = held = ""
+        with closing(stream):  # a consumer that stops early stops decoding
+            for piece in stream:  # never tool-call markup: the engine holds it back
+                if held:
+                    text += held
+                    yield ChatResponse(message=assistant_message(text), delta=held)
+                held = piece
+        yield self._finished(stream_result(stream), held, span_id)
 
-    def _extras(self, result: GenerationResult, span_id: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
-        """``additional_kwargs`` and ``raw`` of a finished call; dispatches its InfluenceEvent."""
-        spans = [s.to_dict() for s in result.spans]
-        usage = token_usage(result)
-        record: dict[str, Any] = {
-            "id": str(uuid4()),
-            "model": self.metadata.model_name,
-            "spans": spans,
-            **usage,
-            "finish_reason": result.finish_reason,
-            "prompt_text": result.prompt_text,
-        }
-        dropped = {"dropped_markup": list(result.dropped_markup)} if result.dropped_markup else {}
-        record.update(dropped)  # tool-call markup taken out of the text (a call cut short included)
-        raw: dict[str, Any] = {GUIDE_METADATA_KEY: record, "usage": usage, "influence": None}
-        if result.influence is not None:
-            raw["influence"] = result.influence.to_dict()
-            event = InfluenceEvent(model=record["model"], text=result.text, influence=raw["influence"])
-            if span_id is not None:  # a stream ends after its call's span
-                event.span_id = span_id
-            dispatcher.event(event)
-        return {"spans": spans, **usage, "finish_reason": result.finish_reason, **dropped}, raw
+    async def _aresponses(self, stream: GenerationStream, span_id: str | None) -> ChatResponseAsyncGen:
+        """:meth:`_responses`, each decoding step in a worker thread; closing or cancelling stops decoding."""
+        text = held = ""
+        async with aclosing(astream_pieces(stream)) as pieces:
+            async for piece in pieces:
+                if held:
+                    text += held
+                    yield ChatResponse(message=assistant_message(text), delta=held)
+                held = piece
+        yield self._finished(stream_result(stream), held, span_id)
 
-    def _completion_response(
-        self, result: GenerationResult, delta: str, span_id: str | None = None
-    ) -> CompletionResponse:
-        extra, raw = self._extras(result, span_id)
-        return CompletionResponse(text=result.text, delta=delta, additional_kwargs=extra, raw=raw)
-
-    def _chat_response(self, result: GenerationResult, delta: str, span_id: str | None = None) -> ChatResponse:
-        extra, raw = self._extras(result, span_id)
-        calls = {"tool_calls": openai_tool_calls(result.tool_calls)} if result.tool_calls else {}
-        message = ChatMessage(role=MessageRole.ASSISTANT, content=result.text, additional_kwargs=calls)
-        return ChatResponse(message=message, delta=delta, additional_kwargs=extra, raw=raw)
-
-
-def _structured_kwargs(output_cls: type[BaseModel], llm_kwargs: dict[str, Any] | None) -> dict[str, Any]:
-    """A structured call's options: the caller's, minus program-only keywords, plus the schema."""
-    options = {k: v for k, v in (llm_kwargs or {}).items() if k not in _PROGRAM_KEYWORDS}
-    options["response_format"] = json_schema_format(pydantic_json_schema(output_cls))
-    return options
-
-
-def _partial_or_final(output_cls: type[BaseModel], chunk: ChatResponse, current: Any) -> Any:
-    """The best object a streamed chunk gives: partial (LlamaIndex's parser) until the last, validated then."""
-    if "finish_reason" in chunk.additional_kwargs:  # the last chunk carries the finished result
-        return parse_structured(output_cls, chunk)
-    return process_streaming_content_incremental(chunk, output_cls, current)
-
-
-def _pieces(stream: GenerationStream) -> Generator[tuple[str, GenerationResult | None], None, None]:
-    """``(piece, None)`` per text piece, the last one held back and paired with the result."""
-    try:
-        held = ""
-        for piece in stream:
-            if held:
-                yield held, None
-            held = piece
-        yield held, stream_result(stream)
-    finally:
-        stream.close()  # stops decoding when the consumer stops early
-
-
-async def _apieces(stream: GenerationStream) -> AsyncGenerator[tuple[str, GenerationResult | None], None]:
-    """:func:`_pieces` without blocking the event loop (:func:`guide_integrations.core.astream_pieces`)."""
-    async with aclosing(astream_pieces(stream)) as pieces:
-        held = ""
-        async for piece in pieces:
-            if held:
-                yield held, None
-            held = piece
-    yield held, stream_result(stream)
+    def _finished(self, result: GenerationResult, delta: str, span_id: str | None) -> ChatResponse:
+        """The response of a finished call, with what it applied; the one place its InfluenceEvent is sent."""
+        model = model_display_name(self.model)
+        additional_kwargs, raw = response_fields(result, model)
+        if raw["influence"] is not None:  # inside the call's span, also for a stream read after the span ended
+            dispatcher.event(InfluenceEvent(model=model, text=result.text, influence=raw["influence"], span_id=span_id))
+        message = assistant_message(result.text, result.tool_calls)
+        return ChatResponse(message=message, delta=delta, additional_kwargs=additional_kwargs, raw=raw)

@@ -5,6 +5,8 @@
   :meth:`guide_engine.InfluenceResult.to_dict`, plain JSON.
 * :class:`InfluenceEventHandler` collects those events and rebuilds each payload into an
   :class:`~guide_engine.InfluenceResult` that can plot and export itself.
+* :func:`response_fields` writes what one call applied into its response (``additional_kwargs``
+  and ``raw["guide"]``, the record below).
 * :class:`ResponseAnnotator` is a span handler that copies what each ``GuideLLM`` call applied
   (spans, token counts, the rendered prompt) up the span tree into the ``metadata["guide"]``
   of the query engine response that contains the call. ``GuideLLM`` installs one on the root
@@ -16,6 +18,7 @@ from __future__ import annotations
 import inspect
 import threading
 from typing import Any
+from uuid import uuid4
 
 from llama_index.core.base.llms.types import ChatResponse, CompletionResponse
 from llama_index.core.base.response.schema import (
@@ -28,11 +31,12 @@ from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events import BaseEvent
 from pydantic import Field, PrivateAttr
 
-from guide_engine import InfluenceResult
+from guide_engine import GenerationResult, InfluenceResult
 
+from ..core import token_usage
 from .span_handlers import RootSpanHandler
 
-__all__ = ["GUIDE_METADATA_KEY", "InfluenceEvent", "InfluenceEventHandler", "ResponseAnnotator"]
+__all__ = ["GUIDE_METADATA_KEY", "InfluenceEvent", "InfluenceEventHandler", "ResponseAnnotator", "response_fields"]
 
 GUIDE_METADATA_KEY = "guide"
 """Key of the per-call GUIDE records in a query engine response's ``metadata``."""
@@ -57,6 +61,24 @@ class InfluenceEvent(BaseEvent):
     def result(self) -> InfluenceResult:
         """The payload as an :class:`~guide_engine.InfluenceResult` (plot, HTML, tensors)."""
         return InfluenceResult.from_dict(self.influence)
+
+
+def response_fields(result: GenerationResult, model: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``additional_kwargs`` and ``raw`` of a finished call's response.
+
+    ``additional_kwargs``: ``spans`` (one dict per applied span), the token counts, ``finish_reason``
+    and, when there was some, ``dropped_markup`` (tool-call markup taken out of the text, a call cut
+    short included). ``raw``: ``usage`` (what ``TokenCountingHandler`` reads), ``influence`` (the
+    payload or ``None``) and the GUIDE record under :data:`GUIDE_METADATA_KEY`, which
+    :class:`ResponseAnnotator` carries up to the query engine response.
+    """
+    spans = [s.to_dict() for s in result.spans]
+    usage = token_usage(result)
+    dropped = {"dropped_markup": list(result.dropped_markup)} if result.dropped_markup else {}
+    additional_kwargs = {"spans": spans, **usage, "finish_reason": result.finish_reason, **dropped}
+    record = {"id": str(uuid4()), "model": model, **additional_kwargs, "prompt_text": result.prompt_text}
+    influence = result.influence.to_dict() if result.influence is not None else None
+    return additional_kwargs, {GUIDE_METADATA_KEY: record, "usage": usage, "influence": influence}
 
 
 class InfluenceEventHandler(BaseEventHandler):

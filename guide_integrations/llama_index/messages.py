@@ -36,10 +36,12 @@ from guide_engine import TagError, escape_tags, parse_tags
 from guide_engine.errors import GuideValueError
 
 __all__ = [
+    "assistant_message",
     "engine_messages",
     "escape_end_user_texts",
     "message_text",
     "openai_tool_calls",
+    "tool_chat_kwargs",
     "tool_selections",
     "trusted_copy",
 ]
@@ -93,7 +95,7 @@ def engine_messages(messages: Sequence[ChatMessage], end_user_texts: Sequence[st
         messages: the conversation LlamaIndex passes to ``chat``.
         end_user_texts: texts typed by an end user (of a chat engine); escaped in every message.
     """
-    request: list[dict[str, Any]] = []
+    converted: list[dict[str, Any]] = []
     for index, message in enumerate(messages):
         text = message_text(message, index)
         if message.role in _ASSISTANT:
@@ -112,8 +114,8 @@ def engine_messages(messages: Sequence[ChatMessage], end_user_texts: Sequence[st
         else:
             role = "system" if message.role == MessageRole.DEVELOPER else message.role.value
             entry = {"role": role, "content": escape_end_user_texts(text, end_user_texts)}
-        request.append(entry)
-    return request
+        converted.append(entry)
+    return converted
 
 
 def trusted_copy(messages: Sequence[ChatMessage], end_user_texts: Sequence[str] = ()) -> list[ChatMessage]:
@@ -126,6 +128,12 @@ def trusted_copy(messages: Sequence[ChatMessage], end_user_texts: Sequence[str] 
 
 
 # -------------------------------------------------------------------------------- tool calls
+
+
+def assistant_message(text: str, tool_calls: Sequence[Any] = ()) -> ChatMessage:
+    """The model's answer as an assistant ``ChatMessage``; engine ``ToolCall``\\ s go in ``additional_kwargs``."""
+    calls = {"tool_calls": openai_tool_calls(tool_calls)} if tool_calls else {}
+    return ChatMessage(role=MessageRole.ASSISTANT, content=text, additional_kwargs=calls)
 
 
 def openai_tool_calls(calls: Sequence[Any]) -> list[dict[str, Any]]:
@@ -177,6 +185,28 @@ def _engine_tool_calls(message: ChatMessage) -> list[dict[str, Any]]:
         {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
         for call_id, name, arguments in _raw_calls(message)
     ]
+
+
+def tool_chat_kwargs(
+    tools: Sequence[dict[str, Any]], tool_required: bool = False, tool_choice: str | dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The ``tools`` and ``tool_choice`` keywords of a ``chat`` call (none without tools).
+
+    ``tool_choice`` passes through (``"auto"``, ``"none"``, ``"required"``, a tool name or
+    ``{"type": "function", "function": {"name": ...}}``); without it, ``tool_required`` means
+    ``"required"`` and otherwise ``"auto"``. The engine's grammar enforces the choice.
+
+    Raises:
+        GuideValueError: ``tool_required`` or a ``tool_choice`` that needs a tool, with no tools.
+    """
+    if tools:
+        choice = tool_choice if tool_choice is not None else ("required" if tool_required else "auto")
+        return {"tools": list(tools), "tool_choice": choice}
+    if tool_required or tool_choice not in (None, "auto", "none"):
+        raise GuideValueError(
+            f"tool_required={tool_required}, tool_choice={tool_choice!r} need at least one tool; pass tools=[...]"
+        )
+    return {}
 
 
 def tool_selections(message: ChatMessage) -> list[ToolSelection]:

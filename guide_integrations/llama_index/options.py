@@ -1,4 +1,4 @@
-"""GuideLLM's option vocabulary: HuggingFaceLLM's ``generate_kwargs``, refused names, per-call options.
+"""GuideLLM's option vocabulary: HuggingFaceLLM's ``generate_kwargs``, refused names, one call's options.
 
 ``GuideLLM`` speaks LlamaIndex's and transformers' language (``max_new_tokens``, ``context_window``,
 ``generate_kwargs``) and hands the engine its own option names (:data:`CALL_OPTIONS`).
@@ -11,11 +11,14 @@ from typing import Any
 
 from guide_engine.errors import GuideValueError
 
+from ..core import has_influence_span, unknown_options
+
 __all__ = [
     "CALL_OPTIONS",
     "FIELD_OPTIONS",
     "GENERATE_KWARGS",
     "PER_CALL_OPTIONS",
+    "call_options",
     "check_names",
     "from_generate_kwargs",
 ]
@@ -112,3 +115,27 @@ def from_generate_kwargs(generate_kwargs: Mapping[str, Any], fields: Mapping[str
                 "give it once"
             )
     return mapped
+
+
+def call_options(fields: Mapping[str, Any], prompt: Any, call_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The engine options of one ``complete``/``chat`` call: the LLM's fields, the call's keywords winning.
+
+    Args:
+        fields: the ``GuideLLM``'s value of every name in :data:`FIELD_OPTIONS`.
+        prompt: the prompt as the engine gets it (a string or ``{"role", "content"}`` messages); a
+            ``metric`` is kept only when it has a ``<?->`` span (nothing to measure otherwise).
+        call_kwargs: the keywords the call was given.
+
+    Raises:
+        GuideValueError: another framework's name (``max_tokens``) or an unknown option, naming the allowed ones.
+        TagError: the prompt's tags are malformed (found here, before any model runs).
+    """
+    check_names(call_kwargs, "GuideLLM call")
+    unknown = unknown_options(call_kwargs, CALL_OPTIONS)
+    if unknown:
+        raise GuideValueError(f"unknown generation option(s) {unknown}; GuideLLM accepts {sorted(CALL_OPTIONS)}")
+    options = {name: call_kwargs.get(name, fields[name]) for name in FIELD_OPTIONS}
+    options.update({name: call_kwargs[name] for name in PER_CALL_OPTIONS if call_kwargs.get(name) is not None})
+    if options["metric"] is not None and not has_influence_span(prompt):
+        options["metric"] = None
+    return options

@@ -4,19 +4,39 @@ LlamaIndex's default programs ask the model to *write* JSON (``LLMTextCompletion
 call a tool named after the class (``FunctionCallingProgram``) and parse what comes back; a
 135M model echoes the schema instead. ``GuideLLM`` hands the class's JSON schema to the engine's
 constrained decoder, so the output parses and validates whatever the model's size.
+
+:class:`StructuredRun` is what the four ``structured_predict`` forms share: the chat keywords of
+one constrained call, and LlamaIndex's structured-predict events (start, in progress, end) as the
+objects come back, dispatched as LlamaIndex's own ``LLM.structured_predict`` dispatches them.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterable, Mapping
 from typing import Any
 
-from llama_index.core.base.llms.types import ChatResponse
+from llama_index.core.base.llms.types import ChatMessage, ChatResponse
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.events.llm import (
+    LLMStructuredPredictEndEvent,
+    LLMStructuredPredictInProgressEvent,
+    LLMStructuredPredictStartEvent,
+)
+from llama_index.core.program.streaming_utils import process_streaming_content_incremental
+from llama_index.core.prompts.base import BasePromptTemplate
 from pydantic import BaseModel
 
 from guide_engine import GuideError
 from guide_engine.errors import GuideValueError
 
-__all__ = ["parse_structured", "pydantic_json_schema"]
+from ..core import json_schema_format
+
+__all__ = ["StructuredRun", "parse_structured", "pydantic_json_schema", "structured_kwargs"]
+
+dispatcher = get_dispatcher(__name__)
+
+PROGRAM_KEYWORDS = ("tool_required", "tool_choice", "allow_parallel_tool_calls")
+"""``llm_kwargs`` that LlamaIndex's ``FunctionCallingProgram`` adds for its tool call; a schema call drops them."""
 
 
 def pydantic_json_schema(output_cls: type[BaseModel]) -> dict[str, Any]:
@@ -27,6 +47,13 @@ def pydantic_json_schema(output_cls: type[BaseModel]) -> dict[str, Any]:
             "wrap a TypedDict or a dict schema in a pydantic model"
         )
     return output_cls.model_json_schema()
+
+
+def structured_kwargs(output_cls: type[BaseModel], llm_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A structured call's chat keywords: the caller's, minus program-only keywords, plus the schema."""
+    options = {k: v for k, v in (llm_kwargs or {}).items() if k not in PROGRAM_KEYWORDS}
+    options["response_format"] = json_schema_format(pydantic_json_schema(output_cls))
+    return options
 
 
 def parse_structured(output_cls: type[BaseModel], response: ChatResponse) -> BaseModel:
@@ -52,3 +79,56 @@ def parse_structured(output_cls: type[BaseModel], response: ChatResponse) -> Bas
             f"the {output_cls.__name__} output did not validate (finish reason {reason!r}); "
             f"a stop string may have cut it: {text[:80]!r}"
         ) from error
+
+
+class StructuredRun:
+    """One constrained ``structured_predict`` call, in any of its four forms.
+
+    Made when the call starts (it dispatches ``LLMStructuredPredictStartEvent``); the form sends
+    :attr:`messages` with :attr:`chat_kwargs` to its chat method and hands the response to
+    :meth:`result`, or the chunks to :meth:`objects` / :meth:`aobjects`, which dispatch the
+    in-progress and end events.
+    """
+
+    def __init__(
+        self,
+        output_cls: type[BaseModel],
+        messages: list[ChatMessage],
+        llm_kwargs: Mapping[str, Any] | None,
+        template: BasePromptTemplate,
+        template_args: dict[str, Any],
+    ) -> None:
+        """Check ``output_cls``, build the chat keywords, dispatch the start event (with the caller's values)."""
+        self.output_cls = output_cls
+        self.messages = messages
+        self.chat_kwargs = structured_kwargs(output_cls, llm_kwargs)
+        self.current: Any = None
+        dispatcher.event(
+            LLMStructuredPredictStartEvent(output_cls=output_cls, template=template, template_args=template_args)
+        )
+
+    def result(self, response: ChatResponse) -> BaseModel:
+        """The validated object of a whole response; dispatches the end event."""
+        self.current = parse_structured(self.output_cls, response)
+        dispatcher.event(LLMStructuredPredictEndEvent(output=self.current))
+        return self.current
+
+    def objects(self, chunks: Iterable[ChatResponse]) -> Generator[Any, None, None]:
+        """One object per streamed chunk: partial until the last, a validated ``output_cls`` then."""
+        for chunk in chunks:
+            yield self._partial(chunk)
+        dispatcher.event(LLMStructuredPredictEndEvent(output=self.current))
+
+    async def aobjects(self, chunks: AsyncIterator[ChatResponse]) -> AsyncGenerator[Any, None]:
+        """:meth:`objects` of an async stream."""
+        async for chunk in chunks:
+            yield self._partial(chunk)
+        dispatcher.event(LLMStructuredPredictEndEvent(output=self.current))
+
+    def _partial(self, chunk: ChatResponse) -> Any:
+        if "finish_reason" in chunk.additional_kwargs:  # the last chunk carries the finished result
+            self.current = parse_structured(self.output_cls, chunk)
+        else:  # LlamaIndex's incremental parser
+            self.current = process_streaming_content_incremental(chunk, self.output_cls, self.current)
+        dispatcher.event(LLMStructuredPredictInProgressEvent(output=self.current))
+        return self.current
