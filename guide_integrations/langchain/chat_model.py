@@ -80,10 +80,12 @@ class ChatGuide(RunAwareChatModel):
     to keep end-user input and documents from creating spans, build prompts with
     :class:`~guide_integrations.langchain.GuideChatPromptTemplate`.
 
-    The shape of LangChain's partner chat models: ``_generate``, ``_agenerate``, ``_stream`` and
-    ``_astream`` do the work; ``batch``/``abatch`` add one engine batch in front of LangChain's own
-    (``batching``); the base class :class:`~guide_integrations.langchain.runs.RunAwareChatModel`
-    lets ``_stream`` reach its run, which LangChain does not hand it (``runs``).
+    The shape of LangChain's partner chat models (langchain-ollama's ``ChatOllama``): the class
+    builds its own engine call (``_engine_call``, from the fields, the call's keywords and the
+    messages); ``_generate``, ``_agenerate``, ``_stream`` and ``_astream`` do the work;
+    ``batch``/``abatch`` add one engine batch in front of LangChain's own (``batching``); the base
+    class :class:`~guide_integrations.langchain.runs.RunAwareChatModel` lets ``_stream`` reach its
+    run, which LangChain does not hand it (``runs``).
 
     Example:
         >>> llm = ChatGuide(model="default", delta_mid=1.0, max_tokens=120, temperature=0)
