@@ -100,7 +100,7 @@ def joined(chunks: Any) -> Any:
 
 
 class CountingEngine(GuideEngine):
-    """The real engine, counting the batches it is given (a spy, not a stand-in)."""
+    """A real engine, counting the batches, single generations and streams it is given (a spy, not a stand-in)."""
 
     def __init__(self, engine: GuideEngine) -> None:
         super().__init__(engine.model, engine.tokenizer)
