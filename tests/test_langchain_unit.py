@@ -37,6 +37,7 @@ from guide_integrations.langchain import (
     GuideChatPromptTemplate,
     InfluenceCallbackHandler,
     MessageError,
+    batching,
     escape_documents,
     escape_untrusted,
     to_engine_prompt,
@@ -644,6 +645,22 @@ async def test_max_retries_reruns_a_timed_out_call_from_invoke_and_ainvoke(smol_
     assert spy.streams == 7  # max_retries=0: one run
     assert ChatGuide(model=spy, max_retries=2).invoke("Weather in Paris?").content  # no timeout: one run
     assert spy.streams == 8
+
+
+def test_a_batch_decodes_ready_calls_in_rows_and_hands_each_input_its_own(smol_tokenizer: Any) -> None:
+    spy = CountingEngine(scripted_engine(smol_tokenizer, "It is sunny."))
+    llm = ChatGuide(model=spy, max_tokens=8)
+    calls = [llm._engine_call([HumanMessage(text)], None, {}) for text in ("a", "b", "c", "a")]
+    prepared = batching.prepare(calls, max_rows=2)
+    assert (spy.batches, spy.singles) == ([2, 2], 0)  # four rows with one set of options, two at a time
+    assert sorted(len(rows) for rows in prepared.values()) == [1, 1, 2]  # the two "a" calls share a key
+    with batching.using(prepared):
+        taken = [batching.take_prepared(call) for call in calls]
+        assert batching.take_prepared(calls[0]) is None  # each outcome is taken once
+    assert [result.text for result in taken] == ["It is sunny."] * 4
+    assert batching.take_prepared(calls[1]) is None  # outside the batch, nothing is prepared
+    with pytest.raises(GuideError, match="max_rows must be a positive integer, got 0"):
+        batching.prepare(calls, max_rows=0)
 
 
 # ---------------------------------------------------------------------------- token counts
