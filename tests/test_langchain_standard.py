@@ -4,7 +4,7 @@ Features the model cannot offer are declared with the suite's flags, so the suit
 tests with its own stated reason (``pytest -ra`` lists them): SmolLM2-135M-Instruct reads text
 only. Tool calling, tool choice, structured output and JSON mode are declared: the engine's
 grammar makes every call and every structured answer well formed and valid against its schema
-(``tests/test_langchain.py`` checks that on many prompts). Whether a 135M model picks the
+(``tests/test_langchain_model.py`` checks that on many prompts). Whether a 135M model picks the
 *right* tool and arguments is a question of quality, not validity; where the suite asserts
 particular arguments and the model picks others, the test is marked ``xfail`` with that reason.
 """
@@ -93,7 +93,7 @@ class TestChatGuideUnit(_Declared, ChatModelUnitTests):
         strict=True,
         reason="langchain_core.load(allowed_objects='all') revives only the classes in LangChain's own "
         "mapping, never a third-party class; ChatGuide round-trips with allowed_objects=[ChatGuide] "
-        "(test_serialization_round_trip in test_langchain.py)",
+        "(test_serialization_round_trip in test_langchain_unit.py)",
     )
     def test_serdes(self, model: Any, snapshot: Any) -> None:
         super().test_serdes(model, snapshot)
@@ -129,7 +129,7 @@ for _name in _NEEDS_ROOM:
 # Quality, not validity: these suite tests assert that the 135M model *chooses* a particular call or
 # answer (a call on an open question, the right arguments, a joke that fits the schema of a json_mode
 # request that shows no schema). The grammar keeps every call and answer well formed, and validity is
-# tested on many prompts in tests/test_langchain.py; what the model chooses is measured here and
+# tested on many prompts in tests/test_langchain_model.py; what the model chooses is measured here and
 # declared, not hidden. Not strict: a different greedy path (another torch build) may pass.
 _QUALITY = {
     "test_tool_calling": "the model answers in text or runs out of room instead of calling magic_function",

@@ -14,6 +14,14 @@ Install with ``pip install "guide-attention[langchain]"``.
 
 ``ChatGuide`` also binds tools (``bind_tools``), returns structured output
 (``with_structured_output``) and counts tokens with the model's own tokenizer.
+
+One module per job: ``chat_model`` (``ChatGuide``: its fields, its engine call, the partner
+methods), ``options`` (the option names and ``EngineCall``), ``messages`` (LangChain messages to
+the engine's prompt), ``templates`` (escaping values put into templates), ``outputs`` (engine
+results to LangChain messages and chunks), ``outcomes`` (result or error, the retry rule),
+``batching`` (one engine batch before LangChain's ``batch``), ``tools`` (tool binding),
+``structured`` (structured-output parsers), ``events`` (Influence as a callback event), ``runs``
+(how ``_stream`` reaches its run).
 """
 
 from __future__ import annotations
@@ -29,8 +37,8 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
 
 from .chat_model import ChatGuide
 from .events import INFLUENCE_EVENT, InfluenceCallbackHandler
-from .messages import MessageError, escape_documents, escape_untrusted, to_engine_prompt
-from .templates import GuideChatPromptTemplate
+from .messages import MessageError, to_engine_prompt
+from .templates import GuideChatPromptTemplate, escape_documents, escape_untrusted
 
 __all__ = [
     "INFLUENCE_EVENT",

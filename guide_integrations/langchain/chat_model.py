@@ -6,11 +6,13 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
-from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManager, CallbackManagerForLLMRun
+from langchain_core.globals import get_llm_cache
 from langchain_core.language_models import LangSmithParams, LanguageModelInput
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
-from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables.config import get_config_list
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -22,47 +24,36 @@ from pydantic import (
     model_validator,
 )
 
-from guide_engine import (
-    GenerationResult,
-    GenerationStream,
-    GuideEngine,
-    GuideError,
-    shared_engine,
-    strip_tags,
-)
-from guide_engine.errors import GenerationTimeoutError, GuideValueError
+from guide_engine import GenerationStream, GuideEngine, GuideError, shared_engine, strip_tags
+from guide_engine.errors import GuideValueError
 from guide_engine.options import Metric
 
 from ..core import (
     SettingsError,
-    agenerate,
     astream_pieces,
     check_engine_setting,
+    check_message_tags,
     json_schema_format,
     model_display_name,
     stream_result,
 )
 from . import batching
 from .events import INFLUENCE_EVENT
-from .messages import (
-    final_chunk,
-    to_ai_message,
-    to_engine_prompt,
-    tool_call_chunks,
-    unfinished_call_chunks,
+from .messages import input_messages, to_engine_prompt
+from .options import (
+    BOUND_OPTIONS,
+    CALL_OPTIONS,
+    ENGINE_EXTRAS,
+    FIELD_OPTIONS,
+    UNESCAPED_TEXT_HINT,
+    EngineCall,
+    check_call_options,
 )
-from .options import ENGINE_EXTRAS, FIELD_OPTIONS, Request, build_request
+from .outcomes import agenerate_outcome, generate_outcome, result_or_raise, runs_again
+from .outputs import chat_result, closing_chunks, last_chunk, text_chunk
 from .runs import RunAwareChatModel, RunEvents, take_run_events
-from .tools import (
-    StructuredMethod,
-    ToolLike,
-    count_prompt_tokens,
-    format_tools,
-    json_schema,
-    structured_parser,
-    tool_choice_option,
-    with_raw,
-)
+from .structured import StructuredMethod, json_schema, structured_parser, with_raw
+from .tools import ToolLike, format_tools, tool_choice_option
 
 __all__ = ["ChatGuide"]
 
@@ -89,10 +80,12 @@ class ChatGuide(RunAwareChatModel):
     to keep end-user input and documents from creating spans, build prompts with
     :class:`~guide_integrations.langchain.GuideChatPromptTemplate`.
 
-    The shape of LangChain's partner chat models: ``_generate``, ``_agenerate``, ``_stream`` and
-    ``_astream`` do the work; ``batch``/``abatch`` add one engine batch in front of LangChain's own
-    (``batching``); the base class :class:`~guide_integrations.langchain.runs.RunAwareChatModel`
-    lets ``_stream`` reach its run, which LangChain does not hand it (``runs``).
+    The shape of LangChain's partner chat models (langchain-ollama's ``ChatOllama``): the class
+    builds its own engine call (``_engine_call``, from the fields, the call's keywords and the
+    messages); ``_generate``, ``_agenerate``, ``_stream`` and ``_astream`` do the work;
+    ``batch``/``abatch`` add one engine batch in front of LangChain's own (``batching``); the base
+    class :class:`~guide_integrations.langchain.runs.RunAwareChatModel` lets ``_stream`` reach its
+    run, which LangChain does not hand it (``runs``).
 
     Example:
         >>> llm = ChatGuide(model="default", delta_mid=1.0, max_tokens=120, temperature=0)
@@ -289,6 +282,45 @@ class ChatGuide(RunAwareChatModel):
             params["ls_stop"] = stop
         return params
 
+    # ------------------------------------------------------------------------- one call
+
+    def _engine_call(
+        self,
+        messages: Sequence[BaseMessage],
+        stop: list[str] | None,
+        kwargs: Mapping[str, Any],
+        *,
+        measure: bool = True,
+    ) -> EngineCall:
+        """The engine call for ``messages``: the fields, overridden by the call's keywords, checked once.
+
+        ``measure=False`` skips the Influence pass: no callback handler could receive it.
+
+        Raises:
+            GuideValueError: for a keyword ChatGuide does not know.
+            MessageError: for a message that cannot be sent (see :func:`to_engine_prompt`).
+            TagError: for malformed tags, naming the message and how to escape outside text.
+        """
+        check_call_options(kwargs)
+        value = {name: kwargs.get(name, getattr(self, name)) for name in CALL_OPTIONS}
+        prompt = to_engine_prompt(messages, escape_tool_messages=self.escape_tool_messages)
+        options: dict[str, Any] = {
+            "stop": list(stop if stop is not None else self.stop or []),
+            **self.model_kwargs,
+            **{name: kwargs[name] for name in ENGINE_EXTRAS if name in kwargs},
+            **{name: kwargs[name] for name in BOUND_OPTIONS if kwargs.get(name) is not None},
+        }
+        for name, engine_name in FIELD_OPTIONS.items():
+            if name != "metric" and value[name] is not None:  # None: the engine's own default
+                options[engine_name] = value[name]
+        parsed = check_message_tags(prompt, UNESCAPED_TEXT_HINT)  # a tag error names its message
+        if measure and value["metric"] is not None and any(s.kind == "influence" for p in parsed for s in p.spans):
+            options["metric"] = value["metric"]
+        load_kwargs = dict(self.load_kwargs)
+        if "model" not in kwargs and self.gguf_file is not None:
+            load_kwargs["gguf_file"] = self.gguf_file
+        return EngineCall(model=value["model"], load_kwargs=load_kwargs, prompt=prompt, options=options)
+
     # ------------------------------------------------------------------------- generation
 
     def _generate(
@@ -299,17 +331,15 @@ class ChatGuide(RunAwareChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         events = RunEvents.of_run(run_manager) if run_manager is not None else None
-        request = build_request(self, messages, stop, kwargs, measure=_listening(events))
-        prepared = batching.take_prepared(request)  # this input's row of an engine batch, if any
-        outcome: GenerationResult | BaseException | None = None
-        for attempt in range(self.max_retries + 1):  # another try only after a timeout
-            outcome = prepared if attempt == 0 and prepared is not None else _generate_once(request)
-            if not isinstance(outcome, GenerationTimeoutError):
-                break
-        result = _result_or_raise(outcome)
+        call = self._engine_call(messages, stop, kwargs, measure=_listening(events))
+        outcome = batching.take_prepared(call)  # this input's row of an engine batch, if any
+        runs = 0 if outcome is None else 1
+        while runs_again(outcome, runs, self.max_retries):
+            outcome, runs = generate_outcome(call), runs + 1
+        result = result_or_raise(outcome)
         if events is not None and result.influence is not None:
             events.emit(INFLUENCE_EVENT, result.influence.to_dict())
-        return _chat_result(result, request)
+        return chat_result(result, call.model_name, may_call_tools=call.may_call_tools)
 
     async def _agenerate(
         self,
@@ -319,17 +349,15 @@ class ChatGuide(RunAwareChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         events = RunEvents.of_run(run_manager) if run_manager is not None else None
-        request = build_request(self, messages, stop, kwargs, measure=_listening(events))
-        prepared = batching.take_prepared(request)
-        outcome: GenerationResult | BaseException | None = None
-        for attempt in range(self.max_retries + 1):
-            outcome = prepared if attempt == 0 and prepared is not None else await _agenerate_once(request)
-            if not isinstance(outcome, GenerationTimeoutError):
-                break
-        result = _result_or_raise(outcome)
+        call = self._engine_call(messages, stop, kwargs, measure=_listening(events))
+        outcome = batching.take_prepared(call)
+        runs = 0 if outcome is None else 1
+        while runs_again(outcome, runs, self.max_retries):
+            outcome, runs = await agenerate_outcome(call), runs + 1
+        result = result_or_raise(outcome)
         if events is not None and result.influence is not None:
             await events.aemit(INFLUENCE_EVENT, result.influence.to_dict())
-        return _chat_result(result, request)
+        return chat_result(result, call.model_name, may_call_tools=call.may_call_tools)
 
     def _stream(
         self,
@@ -339,22 +367,21 @@ class ChatGuide(RunAwareChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         events = RunEvents.of_run(run_manager) if run_manager is not None else take_run_events()
-        request = build_request(self, messages, stop, kwargs, measure=_listening(events))
-        stream = _open_stream(request)
+        call = self._engine_call(messages, stop, kwargs, measure=_listening(events))
+        stream = _open_stream(call)
         try:
             for piece in stream:  # never tool-call markup: the engine holds it back
-                chunk = _text_chunk(piece)
+                chunk = text_chunk(piece)
                 if run_manager is not None:
                     run_manager.on_llm_new_token(piece, chunk=chunk)
                 yield chunk
         finally:
             stream.close()  # a consumer that stops early stops the model at once
         result = stream_result(stream)
-        for chunk in _closing_chunks(result, request):
-            yield chunk
+        yield from closing_chunks(result, may_call_tools=call.may_call_tools)
         if events is not None and result.influence is not None:
             events.emit(INFLUENCE_EVENT, result.influence.to_dict())
-        yield ChatGenerationChunk(message=final_chunk(result, request.model_name))
+        yield last_chunk(result, call.model_name)
 
     async def _astream(
         self,
@@ -364,23 +391,23 @@ class ChatGuide(RunAwareChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         events = RunEvents.of_run(run_manager) if run_manager is not None else take_run_events()
-        request = build_request(self, messages, stop, kwargs, measure=_listening(events))
-        stream = await asyncio.to_thread(_open_stream, request)
+        call = self._engine_call(messages, stop, kwargs, measure=_listening(events))
+        stream = await asyncio.to_thread(_open_stream, call)
         pieces = astream_pieces(stream)
         try:
             async for piece in pieces:  # never tool-call markup: the engine holds it back
-                chunk = _text_chunk(piece)
+                chunk = text_chunk(piece)
                 if run_manager is not None:
                     await run_manager.on_llm_new_token(piece, chunk=chunk)
                 yield chunk
         finally:
             await pieces.aclose()  # closes the stream, after the step in flight if there is one
         result = stream_result(stream)
-        for chunk in _closing_chunks(result, request):
+        for chunk in closing_chunks(result, may_call_tools=call.may_call_tools):
             yield chunk
         if events is not None and result.influence is not None:
             await events.aemit(INFLUENCE_EVENT, result.influence.to_dict())
-        yield ChatGenerationChunk(message=final_chunk(result, request.model_name))
+        yield last_chunk(result, call.model_name)
 
     # --------------------------------------------------------------- tools, structured output
 
@@ -476,7 +503,7 @@ class ChatGuide(RunAwareChatModel):
         if not messages:
             return 0
         prompt = to_engine_prompt(messages, escape_tool_messages=self.escape_tool_messages)
-        return count_prompt_tokens(self.engine, prompt, format_tools(tools) if tools else [])
+        return len(self.engine.encode(prompt, tools=format_tools(tools) if tools else None).input_ids)
 
     # ------------------------------------------------------------------------------ batches
 
@@ -488,8 +515,14 @@ class ChatGuide(RunAwareChatModel):
         return_exceptions: bool = False,
         **kwargs: Any,
     ) -> list[Any]:
-        """LangChain's ``batch``, with the inputs decoded as one engine batch first (see ``batching``)."""
-        with batching.using(batching.prepare(self, inputs, config, kwargs)):
+        """LangChain's ``batch``, with the inputs decoded as one engine batch first (see ``batching``).
+
+        Nothing is decoded ahead when LangChain would not call ``_generate`` for every input: a
+        cache (consulted per input), a rate limiter, streaming (``streaming=True`` or a streaming
+        handler such as ``astream_events``'), a single input. An input whose conversion or tags
+        fail is not decoded ahead either; its own run raises the error.
+        """
+        with batching.using(self._prepare_batch(inputs, config, kwargs)):
             return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
 
     async def abatch(
@@ -501,9 +534,38 @@ class ChatGuide(RunAwareChatModel):
         **kwargs: Any,
     ) -> list[Any]:
         """Async :meth:`batch`; the engine batch runs on a worker thread."""
-        prepared = await asyncio.to_thread(batching.prepare, self, inputs, config, kwargs)
+        prepared = await asyncio.to_thread(self._prepare_batch, inputs, config, kwargs)
         with batching.using(prepared):
             return await super().abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+
+    def _prepare_batch(
+        self,
+        inputs: Sequence[Any],
+        config: RunnableConfig | Sequence[RunnableConfig] | None,
+        kwargs: Mapping[str, Any],
+    ) -> batching.Prepared:
+        """Decode, as engine batches, every input that LangChain will hand to ``_generate`` (blocking)."""
+        configs = get_config_list(config, len(inputs))
+        if len(inputs) < 2 or not self._generates_every_input():
+            return {}
+        options = dict(kwargs)
+        stop = options.pop("stop", None)
+        calls: list[EngineCall] = []
+        for item, item_config in zip(inputs, configs, strict=True):
+            handlers = CallbackManager.configure(item_config.get("callbacks"), self.callbacks, self.verbose).handlers
+            if any(hasattr(handler, "tap_output_iter") for handler in handlers):
+                return {}  # a streaming handler (astream_events): LangChain calls `_stream`
+            try:  # measure a row only when its run has a handler to receive the result
+                calls.append(self._engine_call(input_messages(item), stop, options, measure=bool(handlers)))
+            except Exception:  # noqa: BLE001 - this input's own run raises it
+                continue
+        return batching.prepare(calls, max_rows=configs[0].get("max_concurrency") or len(inputs))
+
+    def _generates_every_input(self) -> bool:
+        """Whether LangChain's ``batch`` calls ``_generate`` for each input: no rate limiter, streaming or cache."""
+        if self.rate_limiter is not None or self.streaming:
+            return False
+        return self.cache is False or (self.cache is None and get_llm_cache() is None)
 
 
 def _listening(events: RunEvents | None) -> bool:
@@ -511,46 +573,5 @@ def _listening(events: RunEvents | None) -> bool:
     return events is not None and bool(events.handlers)
 
 
-def _generate_once(request: Request) -> GenerationResult | GenerationTimeoutError:
-    try:
-        return request.engine().generate(request.prompt, **request.options)
-    except GenerationTimeoutError as error:
-        return error
-
-
-async def _agenerate_once(request: Request) -> GenerationResult | GenerationTimeoutError:
-    try:
-        return await agenerate(request.engine(), request.prompt, request.options)
-    except GenerationTimeoutError as error:
-        return error
-
-
-def _result_or_raise(outcome: GenerationResult | BaseException | None) -> GenerationResult:
-    if isinstance(outcome, BaseException):
-        raise outcome
-    if outcome is None:  # pragma: no cover - the loop runs at least once
-        raise GuideError("no generation was run")
-    return outcome
-
-
-def _open_stream(request: Request) -> GenerationStream:
-    return request.engine().stream(request.prompt, **request.options)
-
-
-def _text_chunk(text: str) -> ChatGenerationChunk:
-    return ChatGenerationChunk(message=AIMessageChunk(content=text))
-
-
-def _closing_chunks(result: GenerationResult, request: Request) -> Iterator[ChatGenerationChunk]:
-    """After the last piece: one chunk per tool call (none when the request may not call tools)."""
-    if not request.may_call_tools:
-        return
-    for chunk in tool_call_chunks(result):
-        yield ChatGenerationChunk(message=chunk)
-    for chunk in unfinished_call_chunks(result):  # LangChain reads them back as invalid_tool_calls
-        yield ChatGenerationChunk(message=chunk)
-
-
-def _chat_result(result: GenerationResult, request: Request) -> ChatResult:
-    message = to_ai_message(result, request.model_name, may_call_tools=request.may_call_tools)
-    return ChatResult(generations=[ChatGeneration(message=message)])
+def _open_stream(call: EngineCall) -> GenerationStream:
+    return call.engine().stream(call.prompt, **call.options)

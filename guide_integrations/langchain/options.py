@@ -1,23 +1,30 @@
-"""One call's settings: the model's fields, overridden by the call's keywords, checked once."""
+"""ChatGuide's option vocabulary, and :class:`EngineCall`: one call's model, prompt and engine options.
+
+The lists are written out literally so a reader sees every option once; together they are the
+engine's ``REQUEST_OPTIONS`` (tests/test_integration_options.py checks it). ``ChatGuide`` resolves
+a call's settings against them (``ChatGuide._engine_call``); this module holds names, not the model.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-from langchain_core.messages import BaseMessage
+from typing import Any
 
 from guide_engine import GuideEngine, shared_engine
 from guide_engine.errors import GuideValueError
 
-from ..core import check_message_tags, model_display_name, unknown_options
-from .messages import to_engine_prompt
+from ..core import model_display_name, unknown_options
 
-if TYPE_CHECKING:
-    from .chat_model import ChatGuide
-
-__all__ = ["BOUND_OPTIONS", "CALL_OPTIONS", "ENGINE_EXTRAS", "Request", "build_request", "model_display_name"]
+__all__ = [
+    "BOUND_OPTIONS",
+    "CALL_OPTIONS",
+    "ENGINE_EXTRAS",
+    "FIELD_OPTIONS",
+    "UNESCAPED_TEXT_HINT",
+    "EngineCall",
+    "check_call_options",
+]
 
 FIELD_OPTIONS: dict[str, str] = {
     "temperature": "temperature",
@@ -45,8 +52,12 @@ With the fields' engine names, :data:`BOUND_OPTIONS` and ``stop`` (LangChain's o
 are the engine's ``REQUEST_OPTIONS``, each once (tests/test_integration_options.py checks it).
 """
 
-_IGNORED = ("stream", "ls_structured_output_format")  # LangChain's own: invoke vs stream, tracing metadata
-_OTHER_NAMES = {"max_new_tokens": "max_tokens"}  # another framework's name -> ChatGuide's
+LANGCHAIN_KEYWORDS = ("stream", "ls_structured_output_format")
+"""Keywords LangChain itself adds to a call (invoke vs stream, tracing metadata): accepted, not engine options."""
+
+OTHER_NAMES = {"max_new_tokens": "max_tokens"}
+"""Another framework's name for an option -> ChatGuide's; refused with a message naming ours."""
+
 UNESCAPED_TEXT_HINT = (
     "If that text came from a template variable (a document, a user's input), make it literal: "
     "{'document': escape_documents} | prompt, or build the prompt with GuideChatPromptTemplate, "
@@ -55,9 +66,26 @@ UNESCAPED_TEXT_HINT = (
 """Appended to a tag error in a message: the two ways to keep outside text from making spans."""
 
 
+def check_call_options(kwargs: Mapping[str, Any]) -> None:
+    """Refuse a call keyword ChatGuide does not know, naming the allowed ones.
+
+    Raises:
+        GuideValueError: for ``max_new_tokens`` (naming ``max_tokens``) or any other unknown keyword.
+    """
+    for name, ours in OTHER_NAMES.items():
+        if name in kwargs:
+            raise GuideValueError(f"ChatGuide takes {ours!r} (LangChain's name), not {name!r}")
+    unknown = unknown_options(kwargs, {*CALL_OPTIONS, *BOUND_OPTIONS, *ENGINE_EXTRAS, *LANGCHAIN_KEYWORDS})
+    if unknown:
+        raise GuideValueError(
+            f"ChatGuide got unknown call option(s) {', '.join(map(repr, unknown))}; "
+            f"allowed: {', '.join(CALL_OPTIONS + BOUND_OPTIONS + ENGINE_EXTRAS)}"
+        )
+
+
 @dataclass(frozen=True)
-class Request:
-    """What the engine is asked: which model, which messages, which options.
+class EngineCall:
+    """One engine call, ready to run: which model, which messages, which options.
 
     Attributes:
         model: the model spec (``"default"``, a hub id, a folder, a ``.gguf`` path) or an engine.
@@ -84,49 +112,3 @@ class Request:
     def engine(self) -> GuideEngine:
         """The shared engine of this model (loaded on first use, then reused by every caller)."""
         return shared_engine(self.model, **self.load_kwargs)
-
-
-def build_request(
-    llm: ChatGuide,
-    messages: Sequence[BaseMessage],
-    stop: list[str] | None,
-    kwargs: Mapping[str, Any],
-    *,
-    measure: bool = True,
-) -> Request:
-    """Resolve the settings of one call.
-
-    ``measure=False`` skips the Influence pass: no callback handler could receive it.
-
-    Raises:
-        GuideValueError: for a keyword ChatGuide does not know.
-        MessageError: for a message that cannot be sent (see :func:`to_engine_prompt`).
-        TagError: for malformed tags, naming the message and how to escape outside text.
-    """
-    for name, ours in _OTHER_NAMES.items():
-        if name in kwargs:
-            raise GuideValueError(f"ChatGuide takes {ours!r} (LangChain's name), not {name!r}")
-    unknown = unknown_options(kwargs, {*CALL_OPTIONS, *BOUND_OPTIONS, *ENGINE_EXTRAS, *_IGNORED})
-    if unknown:
-        raise GuideValueError(
-            f"ChatGuide got unknown call option(s) {', '.join(map(repr, unknown))}; "
-            f"allowed: {', '.join(CALL_OPTIONS + BOUND_OPTIONS + ENGINE_EXTRAS)}"
-        )
-    value = {name: kwargs.get(name, getattr(llm, name)) for name in CALL_OPTIONS}
-    prompt = to_engine_prompt(messages, escape_tool_messages=llm.escape_tool_messages)
-    options: dict[str, Any] = {
-        "stop": list(stop if stop is not None else llm.stop or []),
-        **llm.model_kwargs,
-        **{name: kwargs[name] for name in ENGINE_EXTRAS if name in kwargs},
-        **{name: kwargs[name] for name in BOUND_OPTIONS if kwargs.get(name) is not None},
-    }
-    for name, engine_name in FIELD_OPTIONS.items():
-        if name != "metric" and value[name] is not None:  # None: the engine's own default
-            options[engine_name] = value[name]
-    parsed = check_message_tags(prompt, UNESCAPED_TEXT_HINT)  # a tag error names its message
-    if measure and value["metric"] is not None and any(s.kind == "influence" for p in parsed for s in p.spans):
-        options["metric"] = value["metric"]
-    load_kwargs = dict(llm.load_kwargs)
-    if "model" not in kwargs and llm.gguf_file is not None:
-        load_kwargs["gguf_file"] = llm.gguf_file
-    return Request(model=value["model"], load_kwargs=load_kwargs, prompt=prompt, options=options)

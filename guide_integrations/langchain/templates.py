@@ -1,9 +1,15 @@
-"""``GuideChatPromptTemplate``: a ``ChatPromptTemplate`` whose variables can never create spans.
+"""Values put into templates never create spans: ``escape_documents``, ``GuideChatPromptTemplate``.
 
-Tags are the developer's instructions: only the tags written in the template's own text become
-spans. Every variable value is untrusted by default (end-user input, retrieved documents, chat
-history through ``MessagesPlaceholder``), so the template escapes it, and it does so knowing
-where each value lands, which closes the gap that escaping values one by one leaves open:
+Tags are the developer's instructions, so only the tags written in a template's own text should
+become spans. Two ways keep a value (a document, an end user's words, tool output) from making one:
+
+- :func:`escape_untrusted` and the runnable :data:`escape_documents` escape values *before* a plain
+  ``ChatPromptTemplate`` (the counterpart of LlamaIndex's ``escape_template_value``);
+- :class:`GuideChatPromptTemplate` escapes every value *where it lands*, described below.
+
+In :class:`GuideChatPromptTemplate` every variable value is untrusted by default (end-user input,
+retrieved documents, chat history through ``MessagesPlaceholder``), so the template escapes it,
+and it does so knowing where each value lands, which closes the gap that escaping values one by one leaves open:
 
 - Each untrusted value is *fenced* before LangChain formats the template: two marks made of a
   rare printable character and a random number drawn for this call surround it. Any template
@@ -41,14 +47,64 @@ from langchain_core.messages import BaseMessage, convert_to_messages
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 from langchain_core.prompts.chat import MessageLikeRepresentation
 from langchain_core.prompts.string import PromptTemplateFormat
+from langchain_core.runnables import RunnableLambda
 from pydantic import Field, model_validator
 
+from guide_engine import escape_tags
 from guide_engine.errors import GuideValueError
 from guide_engine.tags import MARKERS
 
+from ..core import escape_untrusted_value
 from .messages import escaped_by_chat_guide
 
-__all__ = ["GuideChatPromptTemplate", "seal", "seal_pieces"]
+__all__ = ["GuideChatPromptTemplate", "escape_documents", "escape_untrusted", "seal", "seal_pieces"]
+
+# ------------------------------------------------------------- values escaped one by one
+
+
+def escape_untrusted(value: Any) -> Any:
+    """Escape every tag marker in text from outside the prompt's author, keeping its shape.
+
+    Strings are escaped with :func:`guide_engine.escape_tags`; ``Document`` page contents and
+    message contents are escaped (metadata untouched); lists, tuples and dicts are escaped item
+    by item. Every other value (numbers, ``None``, objects) passes through unchanged, as in
+    :func:`guide_integrations.core.escape_untrusted_value`, the walker both integrations share:
+    turn an object that prints tag markers into a string first.
+    """
+    return escape_untrusted_value(value, _escape_object)
+
+
+def _escape_object(value: Any) -> Any:
+    if isinstance(value, Document):
+        return value.model_copy(update={"page_content": escape_tags(value.page_content)})
+    if isinstance(value, BaseMessage):
+        return value.model_copy(update={"content": _escape_content(value.content)})
+    return value
+
+
+def _escape_content(content: str | list[Any]) -> str | list[Any]:
+    if isinstance(content, str):
+        return escape_tags(content)
+    escaped: list[Any] = []
+    for block in content:
+        if isinstance(block, str):
+            escaped.append(escape_tags(block))
+        elif isinstance(block, Mapping) and isinstance(block.get("text"), str):
+            escaped.append({**block, "text": escape_tags(block["text"])})
+        else:
+            escaped.append(block)
+    return escaped
+
+
+escape_documents = RunnableLambda(escape_untrusted, name="escape_documents")
+"""A runnable that makes retrieved documents (or any untrusted text) literal: no spans.
+
+Pipe retrieval through it before the prompt, e.g.
+``{"context": retriever | format_docs | escape_documents, "question": RunnablePassthrough()}``.
+"""
+
+
+# ------------------------------------------------------- values escaped where they land
 
 # '<', any backslashes, a marker body: the engine's own definition of a (possibly escaped) marker.
 _MARKER_RE = re.compile(r"<(\\*)(" + "|".join(re.escape(marker[1:]) for marker in MARKERS) + ")")
