@@ -81,7 +81,11 @@ def test_the_engine_never_imports_the_integrations_or_their_frameworks():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
             if isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
-            bad = [n for n in names if n.split(".")[0] in ("guide_integrations", "langchain_core", "llama_index")]
+            bad = [
+                n
+                for n in names
+                if n.split(".")[0] in ("guide_integrations", "langchain", "langchain_core", "llama_index")
+            ]
             assert not bad, f"{path.name} imports {bad}"
 
 
@@ -136,3 +140,111 @@ def test_importing_the_engine_loads_no_optional_dependency():
     code = f"import sys, guide_engine; print(sorted(m for m in {optional!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
+
+
+# ------------------------------------------------------------------------------- integrations
+
+INTEGRATION_LAYERS = {
+    "core": ["settings", "prompts", "results", "packages", "__init__"],
+    "vllm": ["__init__", "codec", "model_files", "renderer", "middleware", "model", "serve"],
+    "langchain": [
+        "options",
+        "events",
+        "messages",
+        "templates",
+        "outputs",
+        "tools",
+        "structured",
+        "outcomes",
+        "runs",
+        "batching",
+        "chat_model",
+        "__init__",
+    ],
+    "llama_index": [
+        "options",
+        "span_handlers",
+        "events",
+        "provenance",
+        "templates",
+        "messages",
+        "structured",
+        "embeddings",
+        "base",
+        "__init__",
+    ],
+}
+"""Each integration package's modules, lowest first: each may import only modules before it in its
+own package, plus ``guide_integrations.core`` (what the wrappers share, which imports no other
+package). ``__init__`` re-exports (last), except vLLM's, which holds the plugin's names and
+registers its classes by their dotted paths (first)."""
+
+TOP_LEVEL = {"cli": {"vllm"}}
+"""``guide_integrations``'s own modules and the packages each may import: ``cli`` (the installed
+``guide`` command) starts the vLLM server for ``guide serve``."""
+
+
+def integration_imports(path: Path) -> set[str]:
+    """``guide_integrations`` modules that ``path`` imports, as dotted names below the package ("langchain.options")."""
+    package = path.parent.relative_to(INTEGRATIONS).parts
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = list(package[: len(package) - node.level + 1])
+                parts = [*base, *(node.module.split(".") if node.module else [])]
+                if node.module:
+                    found.add(".".join(parts))
+                else:  # ``from . import x``: x is a module, or a name of the package's __init__
+                    for alias in node.names:
+                        module = INTEGRATIONS.joinpath(*parts, f"{alias.name}.py")
+                        found.add(".".join([*parts, alias.name]) if module.exists() else ".".join([*parts, "__init__"]))
+            elif node.module and node.module.startswith("guide_integrations."):
+                found.add(node.module.removeprefix("guide_integrations."))
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+            found.update(n.removeprefix("guide_integrations.") for n in names if n.startswith("guide_integrations."))
+    return found
+
+
+def test_every_integration_module_has_a_layer():
+    for package, layers in INTEGRATION_LAYERS.items():
+        modules = {p.stem for p in (INTEGRATIONS / package).glob("*.py")}
+        assert modules == set(layers), f"add guide_integrations/{package}'s modules to INTEGRATION_LAYERS"
+    top = {p.stem for p in INTEGRATIONS.glob("*.py")} - {"__init__"}
+    assert top == set(TOP_LEVEL)
+
+
+@pytest.mark.parametrize(
+    "package,module", [(package, module) for package, layers in INTEGRATION_LAYERS.items() for module in layers]
+)
+def test_integration_modules_import_only_lower_layers_and_core(package, module):
+    """No upward or sideways edge, not even under TYPE_CHECKING: a package never reaches its model class."""
+    layers = INTEGRATION_LAYERS[package]
+    allowed = {f"{package}.{lower}" for lower in layers[: layers.index(module)]}
+    allowed |= set() if package == "core" else {"core", *(f"core.{name}" for name in INTEGRATION_LAYERS["core"])}
+    allowed |= {package} if module == "__init__" else set()  # ``from . import x`` inside __init__ itself
+    imported = integration_imports(INTEGRATIONS / package / f"{module}.py")
+    wrong = sorted(imported - allowed - {f"{package}.{module}"})
+    assert not wrong, f"guide_integrations.{package}.{module} imports {wrong}, which are not below it"
+
+
+@pytest.mark.parametrize("module", sorted(TOP_LEVEL))
+def test_top_level_integration_modules_import_what_they_may(module):
+    imported = {name.split(".")[0] for name in integration_imports(INTEGRATIONS / f"{module}.py")}
+    assert imported <= TOP_LEVEL[module], f"guide_integrations.{module} imports {sorted(imported)}"
+
+
+def test_the_vllm_plugin_uses_only_the_engines_public_names():
+    """The plugin runs inside vLLM's processes: it may depend on the engine's API, nothing behind it."""
+    import importlib
+
+    reaches = []
+    for path in sorted((INTEGRATIONS / "vllm").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "guide_engine":
+                public = importlib.import_module(node.module).__all__
+                reaches += [f"{path.name}: {node.module}.{a.name}" for a in node.names if a.name not in public]
+            elif isinstance(node, ast.Import):
+                reaches += [f"{path.name}: import {a.name}" for a in node.names if a.name.startswith("guide_engine")]
+    assert not reaches, f"the vLLM plugin reaches past the engine's __all__: {reaches}"
