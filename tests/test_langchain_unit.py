@@ -357,12 +357,6 @@ def test_tool_traffic_reaches_the_engine_in_its_shape_and_escaped() -> None:
 # ------------------------------------------------------- values put into templates (escaping)
 
 
-@pytest.mark.parametrize("text", [DOCUMENT, "<", "<!-", "a <\\!-> b", "<-?>", "<<!!->>", "\\<?->", "plain"])
-def test_escaped_text_is_read_verbatim_and_makes_no_span(text: str) -> None:
-    parsed = parse_tags(escape_untrusted(text))
-    assert parsed.text == text and parsed.spans == ()
-
-
 def test_escape_keeps_the_shape_of_what_it_escapes() -> None:
     doc = Document(page_content="<!-> x <-!>", metadata={"source": "<!-> kept <-!>"})
     escaped = escape_documents.invoke([doc, ("<?-> y <-?>", 3), {"k": None, "m": HumanMessage("<!-> z <-!>")}])

@@ -388,6 +388,14 @@ def test_escaped_text_next_to_template_tags_keeps_the_tags_active(doc):
     assert parsed.spans == (Span(start, start + len(doc), "emphasis", 1, doc),)
 
 
+@pytest.mark.parametrize(
+    "text", ["<", "<!-", "a <\\!-> b", "<-?>", "<<!!->>", "\\<?->", "<!-> x <-!> <?-> y <-?>", "plain"]
+)
+def test_escaped_edge_cases_read_verbatim_and_make_no_span(text):
+    """The one contract every wrapper's escaping relies on (they all end in ``escape_tags``)."""
+    assert parse_tags(escape_tags(text)) == ParsedText(text, ())
+
+
 @given(st.text())
 def test_escape_round_trips_any_text(text):
     parsed = parse_tags(escape_tags(text))
