@@ -21,18 +21,18 @@ ROOT = Path(__file__).resolve().parents[1]
 real_model = pytest.mark.real_model
 
 
+def run_example(script: str, *args: str, max_tokens: int) -> subprocess.CompletedProcess[str]:
+    """Run ``examples/<script>`` offline as a user would, with a short answer; fail with its stderr."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GUIDE_EXAMPLE_MAX_TOKENS": str(max_tokens)}
+    command = [sys.executable, str(ROOT / "examples" / script), *args]
+    run = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run
+
+
 @real_model
 def test_example_runs_offline(tmp_path: Path) -> None:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GUIDE_EXAMPLE_MAX_TOKENS": "4"}
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "langchain_chain.py"), "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=900,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
+    run = run_example("langchain_chain.py", "--out", str(tmp_path), max_tokens=4)
     assert "span applied: level 2, delta +1.0, text ' Summarize in French: '" in run.stdout
     assert "level 3" not in run.stdout  # the document's tags were escaped
     assert (tmp_path / "influence.png").stat().st_size > 0
@@ -40,16 +40,7 @@ def test_example_runs_offline(tmp_path: Path) -> None:
 
 @real_model
 def test_agent_example_runs_offline() -> None:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GUIDE_EXAMPLE_MAX_TOKENS": "40"}
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "langchain_agent.py")],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=900,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
+    run = run_example("langchain_agent.py", max_tokens=40)
     assert "ai: tool calls [('get_weather'" in run.stdout and "tool: 'It is sunny" in run.stdout
     assert "level 3" not in run.stdout  # the tool's tag was read as text
 
