@@ -311,7 +311,7 @@ class GuideEngine:
         request = self.request_options(**options)
         deadline = _deadline(request)
         encoded = [self._tokenize_checked(p, request) for p in prompts]
-        return _run_to_end(self._decode_rows(encoded, request, deadline))  # each row's text is in its result
+        return _return_value_of(self._decode_rows(encoded, request, deadline))  # each row's text is in its result
 
     # -------------------------------------------------------------------------------- internals
 
@@ -486,7 +486,7 @@ class GuideEngine:
 _Returned = TypeVar("_Returned")
 
 
-def _run_to_end(pieces: Generator[Any, None, _Returned]) -> _Returned:
+def _return_value_of(pieces: Generator[Any, None, _Returned]) -> _Returned:
     """Step a generator to its end, dropping what it yields, and return what it returns."""
     while True:
         try:

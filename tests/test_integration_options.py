@@ -17,7 +17,7 @@ from guide_integrations.llama_index import options as llama_index_options
 def test_chat_guide_takes_every_engine_option_exactly_once() -> None:
     names = [
         *langchain_options.FIELD_OPTIONS.values(),
-        *langchain_options.BOUND_OPTIONS,
+        *langchain_options.PER_CALL_OPTIONS,
         *langchain_options.ENGINE_EXTRAS,
         "stop",  # LangChain's own argument of every call
     ]

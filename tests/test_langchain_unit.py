@@ -690,3 +690,13 @@ def test_handler_turns_its_event_into_results_and_ignores_others() -> None:
     manager.on_custom_event(INFLUENCE_EVENT, payload, run_id=run_id)
     assert handler.run_ids == [run_id]
     assert handler.reports[0].to_dict() == result.to_dict()
+
+
+def test_a_batch_that_runs_out_of_time_is_not_run_again_row_by_row(smol_tokenizer: Any) -> None:
+    spy = CountingEngine(scripted_engine(smol_tokenizer, "It is sunny."))
+    llm = ChatGuide(model=spy, max_tokens=8, timeout=1e-9)
+    calls = [llm._engine_call([HumanMessage(text)], None, {}) for text in ("a", "b")]
+    outcomes = batching.generate_rows(calls, max_rows=2)
+    assert (spy.batches, spy.singles) == ([2], 0)  # one batch, no one-by-one rerun with a fresh timeout each
+    assert [type(outcome) for outcome in outcomes] == [GenerationTimeoutError] * 2
+    assert [outcome.partial.finish_reason for outcome in outcomes] == ["timeout", "timeout"]  # each row's own

@@ -38,6 +38,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
 from .chat_model import ChatGuide
 from .events import INFLUENCE_EVENT, InfluenceCallbackHandler
 from .messages import MessageError, to_engine_prompt
+from .structured import OutputCutShortError
 from .templates import GuideChatPromptTemplate, escape_documents, escape_untrusted
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "GuideChatPromptTemplate",
     "InfluenceCallbackHandler",
     "MessageError",
+    "OutputCutShortError",
     "escape_documents",
     "escape_untrusted",
     "to_engine_prompt",

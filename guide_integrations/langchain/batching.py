@@ -25,7 +25,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from guide_engine import GuideEngine, GuideError
-from guide_engine.errors import GuideValueError
+from guide_engine.errors import GenerationTimeoutError, GuideValueError
 
 from .options import EngineCall
 from .outcomes import Outcome
@@ -101,6 +101,8 @@ def _generate_part(engine: GuideEngine, part: list[EngineCall], options: dict[st
         return [_one(engine, part[0])]
     try:
         return list(engine.generate_batch([call.prompt for call in part], **options))
+    except GenerationTimeoutError as error:  # the batch ran out of time: each row ends with its own partial
+        return [GenerationTimeoutError(str(error), partial) for partial in error.partial]
     except GuideError:
         # A bad prompt (tags, length) fails the whole batch before decoding starts;
         # one by one, each row gets its own answer or its own error.

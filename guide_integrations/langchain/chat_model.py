@@ -41,10 +41,11 @@ from . import batching
 from .events import INFLUENCE_EVENT
 from .messages import input_messages, to_engine_prompt
 from .options import (
-    BOUND_OPTIONS,
-    CALL_OPTIONS,
     ENGINE_EXTRAS,
     FIELD_OPTIONS,
+    OTHER_NAMES,
+    OVERRIDABLE_FIELDS,
+    PER_CALL_OPTIONS,
     UNESCAPED_TEXT_HINT,
     EngineCall,
     check_call_options,
@@ -171,8 +172,9 @@ class ChatGuide(RunAwareChatModel):
     @model_validator(mode="before")
     @classmethod
     def _refuse_other_names(cls, values: Any) -> Any:
-        if isinstance(values, Mapping) and "max_new_tokens" in values:
-            raise ValueError("ChatGuide takes 'max_tokens' (LangChain's name), not 'max_new_tokens'")
+        for name, ours in OTHER_NAMES.items():
+            if isinstance(values, Mapping) and name in values:
+                raise ValueError(f"ChatGuide takes {ours!r} (LangChain's name), not {name!r}")
         return values
 
     @model_validator(mode="after")
@@ -302,13 +304,13 @@ class ChatGuide(RunAwareChatModel):
             TagError: for malformed tags, naming the message and how to escape outside text.
         """
         check_call_options(kwargs)
-        value = {name: kwargs.get(name, getattr(self, name)) for name in CALL_OPTIONS}
+        value = {name: kwargs.get(name, getattr(self, name)) for name in OVERRIDABLE_FIELDS}
         prompt = to_engine_prompt(messages, escape_tool_messages=self.escape_tool_messages)
         options: dict[str, Any] = {
             "stop": list(stop if stop is not None else self.stop or []),
             **self.model_kwargs,
             **{name: kwargs[name] for name in ENGINE_EXTRAS if name in kwargs},
-            **{name: kwargs[name] for name in BOUND_OPTIONS if kwargs.get(name) is not None},
+            **{name: kwargs[name] for name in PER_CALL_OPTIONS if kwargs.get(name) is not None},
         }
         for name, engine_name in FIELD_OPTIONS.items():
             if name != "metric" and value[name] is not None:  # None: the engine's own default

@@ -17,8 +17,8 @@ from guide_engine.errors import GuideValueError
 from ..core import model_display_name, unknown_options
 
 __all__ = [
-    "BOUND_OPTIONS",
-    "CALL_OPTIONS",
+    "PER_CALL_OPTIONS",
+    "OVERRIDABLE_FIELDS",
     "ENGINE_EXTRAS",
     "FIELD_OPTIONS",
     "UNESCAPED_TEXT_HINT",
@@ -39,16 +39,16 @@ FIELD_OPTIONS: dict[str, str] = {
 }
 """ChatGuide fields that are engine options, and the engine's name for each."""
 
-CALL_OPTIONS = ("model", *FIELD_OPTIONS)
+OVERRIDABLE_FIELDS = ("model", *FIELD_OPTIONS)
 """Fields a call may override, e.g. ``llm.invoke(text, delta_mid=3.0)`` or ``llm.bind(metric=None)``."""
 
-BOUND_OPTIONS = ("tools", "tool_choice", "response_format")
+PER_CALL_OPTIONS = ("tools", "tool_choice", "response_format")
 """Engine options that come with a call, usually bound: ``bind_tools``, ``with_structured_output``, ``bind``."""
 
 ENGINE_EXTRAS = ("top_k", "seed", "heads", "delta_queries", "contrast")
 """Engine options without a field of their own: set them in ``model_kwargs`` or per call.
 
-With the fields' engine names, :data:`BOUND_OPTIONS` and ``stop`` (LangChain's own argument), they
+With the fields' engine names, :data:`PER_CALL_OPTIONS` and ``stop`` (LangChain's own argument), they
 are the engine's ``REQUEST_OPTIONS``, each once (tests/test_integration_options.py checks it).
 """
 
@@ -75,11 +75,11 @@ def check_call_options(kwargs: Mapping[str, Any]) -> None:
     for name, ours in OTHER_NAMES.items():
         if name in kwargs:
             raise GuideValueError(f"ChatGuide takes {ours!r} (LangChain's name), not {name!r}")
-    unknown = unknown_options(kwargs, {*CALL_OPTIONS, *BOUND_OPTIONS, *ENGINE_EXTRAS, *LANGCHAIN_KEYWORDS})
+    unknown = unknown_options(kwargs, {*OVERRIDABLE_FIELDS, *PER_CALL_OPTIONS, *ENGINE_EXTRAS, *LANGCHAIN_KEYWORDS})
     if unknown:
         raise GuideValueError(
             f"ChatGuide got unknown call option(s) {', '.join(map(repr, unknown))}; "
-            f"allowed: {', '.join(CALL_OPTIONS + BOUND_OPTIONS + ENGINE_EXTRAS)}"
+            f"allowed: {', '.join(OVERRIDABLE_FIELDS + PER_CALL_OPTIONS + ENGINE_EXTRAS)}"
         )
 
 

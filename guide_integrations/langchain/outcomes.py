@@ -8,6 +8,8 @@ then :func:`result_or_raise`. A local model has one transient failure, the wall-
 
 from __future__ import annotations
 
+import asyncio
+
 from guide_engine import GenerationResult, GuideError
 from guide_engine.errors import GenerationTimeoutError
 
@@ -44,7 +46,8 @@ def generate_outcome(call: EngineCall) -> Outcome:
 async def agenerate_outcome(call: EngineCall) -> Outcome:
     """:func:`generate_outcome` from asyncio: each decoding step on a worker thread, cancellable between steps."""
     try:
-        return await agenerate(call.engine(), call.prompt, call.options)
+        engine = await asyncio.to_thread(call.engine)  # a first load (or another caller's) must not block the loop
+        return await agenerate(engine, call.prompt, call.options)
     except GenerationTimeoutError as error:
         return error
 

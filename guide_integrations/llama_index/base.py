@@ -396,11 +396,15 @@ class GuideLLM(FunctionCallingLLM):
     def stream_structured_predict(
         self, output_cls: Any, prompt: BasePromptTemplate, llm_kwargs: dict[str, Any] | None = None, **prompt_args: Any
     ) -> Generator[Any, None, None]:
-        """Partial objects while the constrained JSON streams; the last one is a validated ``output_cls``."""
+        """Partial objects while the constrained JSON streams; the last one is a validated ``output_cls``.
+
+        Lazy, as LlamaIndex's own: nothing is sent and no event fires until the first object is read.
+        """
         template, args, run = self._structured(output_cls, prompt, llm_kwargs, prompt_args)
         if run is None:
-            return super().stream_structured_predict(output_cls, template, llm_kwargs, **args)
-        return run.objects(self.stream_chat(run.messages, **run.chat_kwargs))
+            yield from super().stream_structured_predict(output_cls, template, llm_kwargs, **args)
+            return
+        yield from run.objects(self.stream_chat(run.messages, **run.chat_kwargs))
 
     async def astream_structured_predict(
         self, output_cls: Any, prompt: BasePromptTemplate, llm_kwargs: dict[str, Any] | None = None, **prompt_args: Any
@@ -512,11 +516,11 @@ class GuideLLM(FunctionCallingLLM):
 
     def _generate(self, prompt: Prompt, kwargs: dict[str, Any]) -> ChatResponse:
         result = self._engine.generate(prompt, **self._options(prompt, kwargs))
-        return self._finished(result, result.text, active_span_id.get())
+        return self._final_response(result, result.text, active_span_id.get())
 
     async def _agenerate(self, prompt: Prompt, kwargs: dict[str, Any]) -> ChatResponse:
         result = await agenerate(self._engine, prompt, self._options(prompt, kwargs))
-        return self._finished(result, result.text, active_span_id.get())
+        return self._final_response(result, result.text, active_span_id.get())
 
     def _stream(self, prompt: Prompt, kwargs: dict[str, Any]) -> ChatResponseGen:
         stream = self._engine.stream(prompt, **self._options(prompt, kwargs))
@@ -535,7 +539,7 @@ class GuideLLM(FunctionCallingLLM):
                     text += held
                     yield ChatResponse(message=assistant_message(text), delta=held)
                 held = piece
-        yield self._finished(stream_result(stream), held, span_id)
+        yield self._final_response(stream_result(stream), held, span_id)
 
     async def _aresponses(self, stream: GenerationStream, span_id: str | None) -> ChatResponseAsyncGen:
         """:meth:`_responses`, each decoding step in a worker thread; closing or cancelling stops decoding."""
@@ -546,10 +550,10 @@ class GuideLLM(FunctionCallingLLM):
                     text += held
                     yield ChatResponse(message=assistant_message(text), delta=held)
                 held = piece
-        yield self._finished(stream_result(stream), held, span_id)
+        yield self._final_response(stream_result(stream), held, span_id)
 
-    def _finished(self, result: GenerationResult, delta: str, span_id: str | None) -> ChatResponse:
-        """The response of a finished call, with what it applied; the one place its InfluenceEvent is sent."""
+    def _final_response(self, result: GenerationResult, delta: str, span_id: str | None) -> ChatResponse:
+        """The response of a finished call, with what it applied; also sends its InfluenceEvent (only here)."""
         model = model_display_name(self.model)
         additional_kwargs, raw = response_fields(result, model)
         if raw["influence"] is not None:  # inside the call's span, also for a stream read after the span ended
