@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, get_args
 
 from pydantic import BaseModel, ValidationError
@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 from guide_engine import REQUEST_OPTIONS, GuideValueError
 from guide_engine.options import EngineDefaults, request_options
 
-__all__ = ["SettingsError", "check_engine_setting", "json_schema_format", "unknown_options"]
+__all__ = ["SettingsError", "check_engine_setting", "checked_field", "json_schema_format", "unknown_options"]
 
 
 _CONTEXT_FREE_OPTIONS = frozenset(REQUEST_OPTIONS) - {"layers", "heads", "tools", "tool_choice", "response_format"}
@@ -163,6 +163,21 @@ def check_engine_setting(engine_name: str, value: Any, setting: str | None = Non
             raise
         raise GuideValueError(str(error).replace(engine_name, setting, 1)) from None
     return value
+
+
+def checked_field(engine_name: str, given: Any, coerce: Callable[[Any], Any], setting: str | None = None) -> Any:
+    """A wrapper field that is an engine option: pydantic's type coercion, then :func:`check_engine_setting`.
+
+    For a ``mode="wrap"`` field validator, ``coerce`` being its handler: ``max_tokens="5"`` becomes
+    5 as pydantic makes it, and a value the engine refuses is named as the user gave it
+    (``timeout must be > 0 …, got 0``, not ``0.0``).
+    """
+    typed = coerce(given)
+    try:
+        return check_engine_setting(engine_name, typed, setting)
+    except GuideValueError:
+        check_engine_setting(engine_name, given, setting)  # refused as given too: that message names it
+        raise
 
 
 def json_schema_format(json_schema: Mapping[str, Any]) -> dict[str, Any]:

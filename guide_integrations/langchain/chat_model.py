@@ -20,6 +20,7 @@ from pydantic import (
     PrivateAttr,
     ValidationError,
     ValidationInfo,
+    ValidatorFunctionWrapHandler,
     field_validator,
     model_validator,
 )
@@ -33,6 +34,7 @@ from ..core import (
     astream_pieces,
     check_engine_setting,
     check_message_tags,
+    checked_field,
     json_schema_format,
     model_display_name,
     stream_result,
@@ -193,12 +195,12 @@ class ChatGuide(RunAwareChatModel):
             raise GuideError("ChatGuide's engine was not loaded")
         return self._engine
 
-    @field_validator(*FIELD_OPTIONS, mode="before")
+    @field_validator(*FIELD_OPTIONS, mode="wrap")
     @classmethod
-    def _engine_check(cls, value: Any, info: ValidationInfo) -> Any:
-        # Fields declare types only; the bounds are the engine's, checked once (core.check_engine_setting).
+    def _engine_check(cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
+        # Fields declare types only; the bounds are the engine's, checked once (core.checked_field).
         name = str(info.field_name)
-        return check_engine_setting(FIELD_OPTIONS[name], value, name)
+        return checked_field(FIELD_OPTIONS[name], value, handler, name)
 
     @field_validator("model_kwargs")
     @classmethod

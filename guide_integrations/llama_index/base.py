@@ -32,7 +32,15 @@ from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
 from llama_index.core.prompts.base import BasePromptTemplate
 from llama_index.core.types import PydanticProgramMode
-from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+)
 
 from guide_engine import (
     GenerationResult,
@@ -47,7 +55,7 @@ from guide_engine.errors import GuideValueError
 from guide_engine.loading import DEFAULT_MODEL_NAMES
 from guide_engine.options import Metric
 
-from ..core import SettingsError, agenerate, astream_pieces, check_engine_setting, model_display_name, stream_result
+from ..core import SettingsError, agenerate, astream_pieces, checked_field, model_display_name, stream_result
 from .events import InfluenceEvent, ResponseAnnotator, response_fields
 from .messages import (
     assistant_message,
@@ -217,11 +225,11 @@ class GuideLLM(FunctionCallingLLM):
         ResponseAnnotator.install()
         self._end_users = EndUserTexts.install()
 
-    @field_validator(*FIELD_OPTIONS, mode="before")
+    @field_validator(*FIELD_OPTIONS, mode="wrap")
     @classmethod
-    def _engine_check(cls, value: Any, info: ValidationInfo) -> Any:
-        # Fields declare types only; the bounds are the engine's, checked once (core.check_engine_setting).
-        return check_engine_setting(str(info.field_name), value)
+    def _engine_check(cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
+        # Fields declare types only; the bounds are the engine's, checked once (core.checked_field).
+        return checked_field(str(info.field_name), value, handler)
 
     @classmethod
     def class_name(cls) -> str:
