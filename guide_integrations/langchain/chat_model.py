@@ -53,7 +53,7 @@ from .options import (
     check_call_options,
 )
 from .outcomes import agenerate_outcome, generate_outcome, result_or_raise, runs_again
-from .outputs import chat_result, closing_chunks, last_chunk, text_chunk
+from .outputs import chat_result, closing_chunks, text_chunk, usage_chunk
 from .runs import RunAwareChatModel, RunEvents, take_run_events
 from .structured import StructuredMethod, json_schema, structured_parser, with_raw
 from .tools import ToolLike, format_tools, tool_choice_option
@@ -385,7 +385,7 @@ class ChatGuide(RunAwareChatModel):
         yield from closing_chunks(result, may_call_tools=call.may_call_tools)
         if events is not None and result.influence is not None:
             events.emit(INFLUENCE_EVENT, result.influence.to_dict())
-        yield last_chunk(result, call.model_name)
+        yield usage_chunk(result, call.model_name)
 
     async def _astream(
         self,
@@ -411,7 +411,7 @@ class ChatGuide(RunAwareChatModel):
             yield chunk
         if events is not None and result.influence is not None:
             await events.aemit(INFLUENCE_EVENT, result.influence.to_dict())
-        yield last_chunk(result, call.model_name)
+        yield usage_chunk(result, call.model_name)
 
     # --------------------------------------------------------------- tools, structured output
 

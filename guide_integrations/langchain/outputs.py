@@ -2,7 +2,7 @@
 
 ``invoke`` returns :func:`chat_result`'s message; a stream yields :func:`text_chunk` per piece,
 then :func:`closing_chunks` (one per tool call, when the call may call tools), then
-:func:`final_chunk`, the only chunk with usage and metadata, so summing the chunks counts the
+:func:`usage_chunk`, the only chunk with usage and metadata, so summing the chunks counts the
 prompt once. Tool-call markup never reaches ``content``: the engine takes it out of the text, and
 an unfinished call comes back as an ``invalid_tool_calls`` entry (LangChain sums a chunk whose
 arguments do not parse into one).
@@ -28,9 +28,7 @@ __all__ = [
     "chat_result",
     "closing_chunks",
     "cut_calls",
-    "final_chunk",
     "invalid_tool_calls",
-    "last_chunk",
     "response_metadata",
     "text_chunk",
     "to_ai_message",
@@ -38,6 +36,7 @@ __all__ = [
     "tool_calls",
     "unfinished_call_chunks",
     "usage",
+    "usage_chunk",
 ]
 
 
@@ -116,19 +115,6 @@ def unfinished_call_chunks(result: GenerationResult) -> list[AIMessageChunk]:
     ]
 
 
-def final_chunk(result: GenerationResult, model_name: str) -> AIMessageChunk:
-    """The closing chunk of a stream: no text, the usage and metadata of the whole answer.
-
-    Only this chunk carries usage and metadata, so summing chunks counts the prompt once.
-    """
-    return AIMessageChunk(
-        content="",
-        usage_metadata=usage(result),
-        response_metadata=response_metadata(result, model_name),
-        chunk_position="last",
-    )
-
-
 def chat_result(result: GenerationResult, model_name: str, *, may_call_tools: bool) -> ChatResult:
     """The answer of ``_generate``/``_agenerate``: one generation holding :func:`to_ai_message`."""
     message = to_ai_message(result, model_name, may_call_tools=may_call_tools)
@@ -150,6 +136,15 @@ def closing_chunks(result: GenerationResult, *, may_call_tools: bool) -> Iterato
         yield ChatGenerationChunk(message=chunk)
 
 
-def last_chunk(result: GenerationResult, model_name: str) -> ChatGenerationChunk:
-    """:func:`final_chunk` as the stream's last generation chunk."""
-    return ChatGenerationChunk(message=final_chunk(result, model_name))
+def usage_chunk(result: GenerationResult, model_name: str) -> ChatGenerationChunk:
+    """The closing chunk of a stream: no text, the usage and metadata of the whole answer.
+
+    Only this chunk carries usage and metadata, so summing chunks counts the prompt once.
+    """
+    message = AIMessageChunk(
+        content="",
+        usage_metadata=usage(result),
+        response_metadata=response_metadata(result, model_name),
+        chunk_position="last",
+    )
+    return ChatGenerationChunk(message=message)
