@@ -33,7 +33,7 @@ except ImportError as missing:  # the console script is installed even without t
         "the guide command needs typer and rich: pip install 'guide-attention[cli]'"
     ) from missing
 from .loading import resolve_model
-from .options import DELTA_QUERIES, METRICS, EngineDefaults, request_options
+from .options import DELTA_QUERIES, METRICS, EngineDefaults, check_option, request_options
 from .registry import shared_engine
 from .tags import Span, parse_tags
 
@@ -159,14 +159,6 @@ def build_prompt(prompt: str, system: str | None, *, needs_influence_span: bool 
     if system is None:
         return prompt
     return [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
-
-
-def check_number(option: str, value: float, allowed: Callable[[float], bool], meaning: str) -> float:
-    """``value`` if it is finite and ``allowed``; else an error naming the option, the value and ``meaning``."""
-    number = require_finite(option, value)
-    if not allowed(number):
-        raise GuideValueError(f"{option} must be {meaning}, got {value}")
-    return number
 
 
 def check_stops(stop: list[str] | None) -> list[str] | None:
@@ -475,7 +467,6 @@ SystemOpt = typer.Option(
 PenaltyOpt = typer.Option(
     1.0, "--repetition-penalty", parser=number, help="Above 1 discourages repeats (transformers' own); 1 = off."
 )
-PENALTY_RANGE = "> 0 (1 = off, above 1 discourages repeats)"
 JsonOpt = typer.Option(
     False,
     "--json",
@@ -532,14 +523,12 @@ def generate(
         options = {
             "max_new_tokens": max_new_tokens,
             "delta_mid": require_finite("--delta-mid", delta_mid),
-            "temperature": check_number("--temperature", temperature, lambda t: t >= 0, ">= 0 (0 = greedy)"),
-            "top_p": check_number("--top-p", top_p, lambda p: 0 < p <= 1, "in (0, 1]"),
+            "temperature": check_option("temperature", temperature, "--temperature"),
+            "top_p": check_option("top_p", top_p, "--top-p"),
             "seed": seed,
             "stop": check_stops(stop),
             "layers": layer_list,
-            "repetition_penalty": check_number(
-                "--repetition-penalty", repetition_penalty, lambda r: r > 0, PENALTY_RANGE
-            ),
+            "repetition_penalty": check_option("repetition_penalty", repetition_penalty, "--repetition-penalty"),
             "response_format": read_json_schema(json_schema),
             "delta_queries": delta_queries.value,
             "contrast": parse_contrast(contrast),
@@ -609,9 +598,7 @@ def influence(
             "delta_mid": require_finite("--delta-mid", delta_mid),
             "delta_influence": require_finite("--delta-influence", delta_influence),
             "metric": metric.value,
-            "repetition_penalty": check_number(
-                "--repetition-penalty", repetition_penalty, lambda r: r > 0, PENALTY_RANGE
-            ),
+            "repetition_penalty": check_option("repetition_penalty", repetition_penalty, "--repetition-penalty"),
         }
         sizes = read_model_sizes(model, gguf_file)
         n = sizes.num_layers

@@ -19,6 +19,7 @@ __all__ = [
     "AUTO_CONTRAST_DISTANCE",
     "DELTA_QUERIES",
     "METRICS",
+    "MODEL_FREE_OPTIONS",
     "REQUEST_OPTIONS",
     "Contrast",
     "EngineDefaults",
@@ -34,6 +35,7 @@ __all__ = [
     "check_heads",
     "check_layers",
     "check_metric",
+    "check_option",
     "check_positive_int",
     "check_response_format",
     "request_options",
@@ -320,9 +322,32 @@ def request_options(defaults: EngineDefaults, **options: Any) -> RequestOptions:
         tools=tools,
         tool_choice=tool_choice,
         repetition_penalty=_check_positive(
-            "repetition_penalty", given.get("repetition_penalty", 1.0), "1.0 = off, above 1 discourages repeats"
+            "repetition_penalty", given.get("repetition_penalty", 1.0), "1 = off, above 1 discourages repeats"
         ),
         timeout=None if timeout is None else _check_positive("timeout", timeout, "seconds of wall-clock time"),
         delta_queries=check_delta_queries(given.get("delta_queries", "all")),
         contrast=check_contrast(given.get("contrast", 0.0)),
     )
+
+
+MODEL_FREE_OPTIONS = frozenset(REQUEST_OPTIONS) - {"layers", "heads", "tools", "tool_choice", "response_format"}
+"""Request options whose check needs no model (layer and head indices, tools and formats do)."""
+
+
+def check_option(name: str, value: Any, shown_as: str | None = None) -> Any:
+    """``value`` if :func:`request_options` accepts it as the option ``name``; else its error, said as ``shown_as``.
+
+    For an option of :data:`MODEL_FREE_OPTIONS`, checked before any model is loaded: the ``guide``
+    command's flags (``shown_as="--top-p"``) and the wrappers' settings (``shown_as="max_tokens"``)
+    get the engine's own bounds and message under the name their user typed.
+
+    Raises:
+        GuideValueError: e.g. ``--top-p must be in (0, 1], got 1.5``.
+    """
+    try:
+        request_options(EngineDefaults(num_layers=1, num_heads=1), **{name: value})
+    except GuideValueError as error:
+        if shown_as is None or shown_as == name:
+            raise
+        raise GuideValueError(str(error).replace(name, shown_as, 1)) from None
+    return value

@@ -12,14 +12,11 @@ from typing import Any, get_args
 
 from pydantic import BaseModel, ValidationError
 
-from guide_engine import REQUEST_OPTIONS, GuideValueError
-from guide_engine.options import EngineDefaults, request_options
+from guide_engine import GuideValueError
+from guide_engine.options import MODEL_FREE_OPTIONS, check_option
 
 __all__ = ["SettingsError", "check_engine_setting", "checked_field", "json_schema_format", "unknown_options"]
 
-
-_CONTEXT_FREE_OPTIONS = frozenset(REQUEST_OPTIONS) - {"layers", "heads", "tools", "tool_choice", "response_format"}
-"""Engine options whose check needs no model (layer and head indices are checked per call)."""
 
 _EXPECTED = {
     "finite_number": "a finite number",
@@ -105,11 +102,11 @@ def _setting_message(
         return str(lines[0]["ctx"]["error"])  # a validator's own message
     value = values.get(field, lines[0].get("input"))
     engine_name = engine_names.get(field, field)
-    if engine_name in _CONTEXT_FREE_OPTIONS or (engine_name == "layers" and isinstance(value, str)):
+    if engine_name in MODEL_FREE_OPTIONS or (engine_name == "layers" and isinstance(value, str)):
         try:
-            request_options(EngineDefaults(num_layers=1, num_heads=1), **{engine_name: value})
+            check_option(engine_name, value, field)
         except GuideValueError as engine_error:
-            return str(engine_error).replace(engine_name, field, 1)
+            return str(engine_error)
     expected = []
     for line in lines:
         kind, ctx = line["type"], line.get("ctx", {})
@@ -143,8 +140,9 @@ def check_engine_setting(engine_name: str, value: Any, setting: str | None = Non
 
     The one range check of every wrapper setting that is an engine option: the wrappers declare
     types only and call this from a pydantic validator, so a bound is written once, in
-    :func:`guide_engine.options.request_options`. Options whose check needs a model (layer and head
-    indices, tools, formats) are checked per call by the engine.
+    :func:`guide_engine.options.request_options` (reached through
+    :func:`~guide_engine.options.check_option`, as the ``guide`` command's flags are). Options whose
+    check needs a model (layer and head indices, tools, formats) are checked per call by the engine.
 
     Args:
         engine_name: the engine's name of the option (``max_new_tokens``).
@@ -154,15 +152,9 @@ def check_engine_setting(engine_name: str, value: Any, setting: str | None = Non
     Raises:
         GuideValueError: the engine's message, e.g. ``temperature must be a finite number >= 0, got -1``.
     """
-    if value is None or engine_name not in _CONTEXT_FREE_OPTIONS:
+    if value is None or engine_name not in MODEL_FREE_OPTIONS:
         return value
-    try:
-        request_options(EngineDefaults(num_layers=1, num_heads=1), **{engine_name: value})
-    except GuideValueError as error:
-        if setting is None or setting == engine_name:
-            raise
-        raise GuideValueError(str(error).replace(engine_name, setting, 1)) from None
-    return value
+    return check_option(engine_name, value, setting)
 
 
 def checked_field(engine_name: str, given: Any, coerce: Callable[[Any], Any], setting: str | None = None) -> Any:
