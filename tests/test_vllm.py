@@ -39,6 +39,15 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _stop(process: subprocess.Popen) -> None:
+    """Stop a server: SIGTERM, then SIGKILL if it has not exited after 30 s."""
+    process.terminate()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
 def _wait_until_healthy(process: subprocess.Popen, base: str, log: Path, limit_s: float, what: str) -> None:
     """Return once ``base``/health answers 200; fail the test (with the log's end) if the server exits or
     ``limit_s`` seconds pass first."""
@@ -73,11 +82,7 @@ def server(tmp_path_factory):
         _wait_until_healthy(process, base, log, SERVER_START_S, "the vLLM server")
         yield base
     finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        _stop(process)
 
 
 @pytest.fixture(scope="session")
@@ -358,11 +363,7 @@ def readme(tmp_path_factory):
         print(f"the README's guide serve started in {time.monotonic() - started:.0f} s; log: {log}")
         yield base, log, process
     finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        _stop(process)
 
 
 class TestTheReadmeCommand:
