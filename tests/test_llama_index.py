@@ -27,6 +27,7 @@ from guide_engine import (
     parse_tags,
     shared_engine,
 )
+from tests.dispatcher import on_root_dispatcher
 
 pytest.importorskip(
     "llama_index.core", reason="needs the llama-index extra: pip install 'guide-attention[llama-index]'"
@@ -34,7 +35,6 @@ pytest.importorskip(
 
 from llama_index.core import Document, PromptTemplate, SimpleDirectoryReader, VectorStoreIndex  # noqa: E402
 from llama_index.core.base.llms.types import ChatMessage, MessageRole  # noqa: E402
-from llama_index.core.instrumentation import get_dispatcher  # noqa: E402
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler  # noqa: E402
 from llama_index.core.instrumentation.events.llm import LLMChatEndEvent, LLMChatStartEvent  # noqa: E402
 from llama_index.core.prompts import ChatPromptTemplate  # noqa: E402
@@ -100,13 +100,9 @@ def index():
 @pytest.fixture(scope="module")
 def handlers():
     """An InfluenceEventHandler and an LLM-event collector on the root dispatcher, removed afterwards."""
-    root = get_dispatcher()
     influence, llm_events = InfluenceEventHandler(), LLMEvents(starts=[], ends=[])
-    root.add_event_handler(influence)
-    root.add_event_handler(llm_events)
-    yield influence, llm_events
-    root.event_handlers.remove(influence)
-    root.event_handlers.remove(llm_events)
+    with on_root_dispatcher(influence, llm_events):
+        yield influence, llm_events
 
 
 @pytest.fixture(scope="module")

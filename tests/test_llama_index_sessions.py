@@ -17,11 +17,11 @@ pytest.importorskip(
 )
 
 from llama_index.core import SimpleDirectoryReader, VectorStoreIndex  # noqa: E402
-from llama_index.core.instrumentation import get_dispatcher  # noqa: E402
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler  # noqa: E402
 from llama_index.core.instrumentation.events.llm import LLMChatEndEvent, LLMCompletionEndEvent  # noqa: E402
 
 from guide_integrations.llama_index import GuideLLM, local_embedding  # noqa: E402
+from tests.dispatcher import on_root_dispatcher
 
 DATA = Path(__file__).resolve().parent.parent / "examples" / "data"
 SYSTEM = "You answer questions about mountains. <!-> Keep answers short. <-!>"
@@ -48,9 +48,8 @@ def index():
 @pytest.fixture
 def ends():
     handler = LLMEnds(ends=[])
-    get_dispatcher().add_event_handler(handler)
-    yield handler.ends
-    get_dispatcher().event_handlers.remove(handler)
+    with on_root_dispatcher(handler):
+        yield handler.ends
 
 
 @pytest.mark.real_model

@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 
 from guide_engine import GuideEngine, GuideError, escape_tags, parse_tags
 from guide_engine.errors import GuideValueError
+from tests.dispatcher import on_root_dispatcher
 from tests.reference import tiny_model
 from tests.scripted import CALL, scripted_engine
 
@@ -31,7 +32,6 @@ from llama_index.core import PromptTemplate  # noqa: E402
 from llama_index.core.base.llms.generic_utils import messages_to_prompt  # noqa: E402
 from llama_index.core.base.llms.types import ChatMessage, ChatResponse, MessageRole, ToolCallBlock  # noqa: E402
 from llama_index.core.callbacks import CallbackManager, TokenCountingHandler  # noqa: E402
-from llama_index.core.instrumentation import get_dispatcher  # noqa: E402
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler  # noqa: E402
 from llama_index.core.instrumentation.events.llm import (  # noqa: E402
     LLMChatEndEvent,
@@ -169,9 +169,8 @@ class ChatStarts(BaseEventHandler):
 @pytest.fixture
 def chat_ends():
     handler = ChatEnds(ends=[])
-    get_dispatcher().add_event_handler(handler)
-    yield handler.ends
-    get_dispatcher().event_handlers.remove(handler)
+    with on_root_dispatcher(handler):
+        yield handler.ends
 
 
 class LLMEventNames(BaseEventHandler):
@@ -196,9 +195,8 @@ class LLMEventNames(BaseEventHandler):
 @pytest.fixture
 def event_names():
     handler = LLMEventNames(names=[])
-    get_dispatcher().add_event_handler(handler)
-    yield handler.names
-    get_dispatcher().event_handlers.remove(handler)
+    with on_root_dispatcher(handler):
+        yield handler.names
 
 
 # ------------------------------------------------- the eight entry points (tiny model)
@@ -475,16 +473,12 @@ async def test_every_structured_form_fires_llama_index_structured_events_around_
 async def test_another_program_mode_runs_llama_indexs_program_on_escaped_values(tiny_engine, event_names, form):
     llm = GuideLLM(engine=tiny_engine, max_new_tokens=2, pydantic_program_mode="llm")
     chat_starts = ChatStarts(starts=[])
-    get_dispatcher().add_event_handler(chat_starts)
-    try:
-        # Two tokens of a random model are no JSON: LlamaIndex's parser raises (its streaming parser does not).
-        with contextlib.suppress(ValueError):
-            call = getattr(llm, form)(City, PromptTemplate("<!-> JSON. <-!> Describe {x}."), x=INJECTION)
-            if form == "astream_structured_predict":
-                async for _ in await call:
-                    pass
-    finally:
-        get_dispatcher().event_handlers.remove(chat_starts)
+    # Two tokens of a random model are no JSON: LlamaIndex's parser raises (its streaming parser does not).
+    with on_root_dispatcher(chat_starts), contextlib.suppress(ValueError):
+        call = getattr(llm, form)(City, PromptTemplate("<!-> JSON. <-!> Describe {x}."), x=INJECTION)
+        if form == "astream_structured_predict":
+            async for _ in await call:
+                pass
     assert event_names[:2] == ["StructuredPredictStart", "ChatStart"]  # LlamaIndex's own, not ours as well
     assert event_names.count("StructuredPredictStart") == 1
     sent = chat_starts.starts[-1].messages[-1].content
