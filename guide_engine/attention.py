@@ -176,9 +176,16 @@ class GuideAttentionState:
             row = row * self.head_selector(num_heads, row)  # (batch, heads, 1, cache_len)
         return replace(self, key_bias=None, pad_offsets=None, query_from=None, step_bias=row.to(dtype), _head_cache={})
 
-    def with_plain_twins(self) -> GuideAttentionState:
-        """This state for a batch of twice the rows: the rows as they are, then the same rows without Δ."""
-        bias = None if self.key_bias is None else torch.cat([self.key_bias, torch.zeros_like(self.key_bias)])
+    def with_plain_twins(self, reference: str = "plain") -> GuideAttentionState:
+        """This state for a batch of twice the rows: the rows as they are, then their references.
+
+        ``reference="plain"``: the same rows without Δ; ``"masked"``: the emphasized keys (Δ > 0)
+        hidden (bias −:data:`MAX_ABS_BIAS`) and the others plain, as if the span were not there.
+        """
+        bias = self.key_bias
+        if bias is not None:
+            hidden = torch.where(bias > 0, -MAX_ABS_BIAS, 0.0).to(bias.dtype)
+            bias = torch.cat([bias, hidden if reference == "masked" else torch.zeros_like(bias)])
         pads = None if self.pad_offsets is None else torch.cat([self.pad_offsets, self.pad_offsets])
         return GuideAttentionState(bias, self.layers, self.heads, pads, None, self.query_from)
 

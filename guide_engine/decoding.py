@@ -9,6 +9,7 @@ request without tags computes exactly what ``generate`` computes.
 from __future__ import annotations
 
 from collections.abc import Generator, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -26,14 +27,26 @@ from .alignment import EncodedPrompt
 from .attention import GuideAttentionState
 from .constraints import TokenMasks
 from .kv_cache import CompiledDecoding, cache_keyword, check_prefill, static_cache_length
-from .options import AUTO_CONTRAST, AUTO_CONTRAST_DISTANCE, Contrast, FinishReason, SamplingConfig
+from .options import (
+    AUTO_CONTRAST,
+    AUTO_CONTRAST_DISTANCE,
+    AUTO_NEAR,
+    AUTO_PLAUSIBILITY,
+    AUTO_REFERENCE,
+    Contrast,
+    ContrastReference,
+    FinishReason,
+    SamplingConfig,
+)
 from .tools import ToolMarkupFilter
 
 __all__ = [
     "IncrementalDetokenizer",
     "RowDecoder",
+    "ContrastPlan",
     "StreamDetokenizer",
     "contrast_of",
+    "contrast_plan",
     "decode_steps",
     "detokenizer_for",
     "emphasis_distance",
@@ -53,8 +66,40 @@ def contrast_of(encoded: EncodedPrompt, contrast: Contrast) -> float:
     emphasis ends at least :data:`AUTO_CONTRAST_DISTANCE` tokens before the prompt does, else 0."""
     if contrast != "auto":
         return contrast
+    return AUTO_CONTRAST if _far(encoded) else 0.0
+
+
+def _far(encoded: EncodedPrompt) -> bool:
     distance = emphasis_distance(encoded)
-    return AUTO_CONTRAST if distance is not None and distance >= AUTO_CONTRAST_DISTANCE else 0.0
+    return distance is not None and distance >= AUTO_CONTRAST_DISTANCE
+
+
+@dataclass(frozen=True)
+class ContrastPlan:
+    """How the rows of one request are decoded under ``contrast``.
+
+    Attributes:
+        rows: the prompts as the attention state sees them (a row ``"auto"`` decodes without Δ
+            has its Δ set to 0; its spans and influence mask are kept).
+        gammas: γ of each row (0 = the row's own logits).
+        reference: what the twins hold (see :data:`~guide_engine.options.ContrastReference`).
+        plausibility: α of the plausibility constraint on contrasted rows (0 = none).
+    """
+
+    rows: list[EncodedPrompt]
+    gammas: list[float]
+    reference: ContrastReference = "plain"
+    plausibility: float = 0.0
+
+
+def contrast_plan(encoded: Sequence[EncodedPrompt], contrast: Contrast) -> ContrastPlan:
+    """The plan of a request: a fixed γ for every row, or ``"auto"``'s choice per row."""
+    if contrast != "auto":
+        return ContrastPlan(list(encoded), [float(contrast)] * len(encoded))
+    rows = [
+        e if AUTO_NEAR == "delta" or _far(e) else replace(e, token_deltas=[0.0] * len(e.token_deltas)) for e in encoded
+    ]
+    return ContrastPlan(rows, [contrast_of(e, "auto") for e in encoded], AUTO_REFERENCE, AUTO_PLAUSIBILITY)
 
 
 def logits_processors(sampling: SamplingConfig) -> LogitsProcessorList:
@@ -266,6 +311,8 @@ def decode_steps(
     grammar_masks: TokenMasks | None = None,
     repetition_penalty: float = 1.0,
     contrast: float | Sequence[float] = 0.0,
+    reference: ContrastReference = "plain",
+    plausibility: float = 0.0,
     compiled: CompiledDecoding | None = None,
     context_length: int | None = None,
 ) -> Generator[torch.Tensor, None, None]:
@@ -285,7 +332,10 @@ def decode_steps(
     With ``contrast`` = γ > 0 (and a Δ to contrast), every row runs twice in one batch — as it is
     and without Δ, each with its own cache — and the step's logits are ``l_Δ + γ (l_Δ − l_0)``;
     both copies are then fed the chosen token. A sequence gives each row its own γ (the twins run
-    when any is > 0; a row with γ = 0 gets exactly ``l_Δ``).
+    when any is > 0; a row with γ = 0 gets exactly ``l_Δ``). With ``reference="masked"`` the twin
+    hides the emphasized tokens instead of dropping Δ, so ``l_0`` is the prompt without the span.
+    With ``plausibility`` = α > 0, a contrasted row may only pick tokens whose emphasized
+    probability is ≥ α × its largest (Li et al. 2023); the others fall below every plausible one.
 
     With ``compiled``, the prompt is prefilled eagerly into a static cache of
     :func:`~guide_engine.kv_cache.static_cache_length` positions (``context_length`` caps it) and
@@ -312,7 +362,7 @@ def decode_steps(
     twins = False
     if state is not None and state.key_bias is not None and bool((gamma > 0).any()):
         twins = True  # rows [0, batch) with Δ, rows [batch, 2·batch) without
-        state = state.with_plain_twins()
+        state = state.with_plain_twins(reference)
         input_ids, attention_mask = input_ids.repeat(2, 1), attention_mask.repeat(2, 1)
     rows, width = input_ids.shape
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
@@ -351,6 +401,8 @@ def decode_steps(
             if twins:
                 emphasized, plain = logits[:batch], logits[batch:]
                 logits = emphasized + gamma * (emphasized - plain)  # (batch, vocab)
+                if plausibility > 0:
+                    logits = _plausible_only(logits, emphasized, plausibility, gamma > 0)
             if penalty is not None:
                 logits = penalty(seen, logits)
             if grammar_masks is not None:
@@ -376,6 +428,19 @@ def decode_steps(
     finally:
         if compiled is not None:
             compiled.release(cache, rows, cache_len)
+
+
+IMPLAUSIBLE = 1e4
+"""How far below its emphasized logit an implausible token falls: finite, so a grammar that allows
+only implausible tokens still leaves a choice."""
+
+
+def _plausible_only(combined: torch.Tensor, emphasized: torch.Tensor, alpha: float, rows: torch.Tensor) -> torch.Tensor:
+    """``combined`` where the emphasized probability is ≥ α × the row's largest; elsewhere, on the
+    ``rows`` (``(batch, 1)`` bool) that are contrasted, the emphasized logit − :data:`IMPLAUSIBLE`."""
+    probs = torch.softmax(emphasized, dim=-1)
+    plausible = probs >= alpha * probs.amax(dim=-1, keepdim=True)
+    return torch.where(plausible | ~rows, combined, emphasized - IMPLAUSIBLE)
 
 
 def _step(

@@ -14,7 +14,7 @@ import torch
 from .alignment import AppliedSpan, EncodedPrompt, Prompt, encode_prompt
 from .attention import ATTENTION_NAME, build_state
 from .constraints import GrammarCompiler, TokenMasks, request_grammar
-from .decoding import RowDecoder, contrast_of, decode_steps, left_pad
+from .decoding import RowDecoder, contrast_plan, decode_steps, left_pad
 from .errors import (
     ContextLengthError,
     GenerationTimeoutError,
@@ -379,18 +379,21 @@ class GuideEngine:
         :func:`~guide_engine.decoding.decode_steps`: it yields each step's next ids, ``(batch,)``."""
         device = self.model.device
         ids, attention_mask = left_pad([e.input_ids for e in encoded], self.pad_id, device)
+        plan = contrast_plan(encoded, request.contrast)
         return decode_steps(
             self.model,
             ids,
             attention_mask,
-            build_state(encoded, request, ids.shape[1], device),
+            build_state(plan.rows, request, ids.shape[1], device),
             request.sampling,
             self._token_budget(encoded, request),
             self.pad_id,
             rows_done,
             grammar_masks=self._grammar_masks(request, len(encoded)),
             repetition_penalty=request.repetition_penalty,
-            contrast=[contrast_of(e, request.contrast) for e in encoded],
+            contrast=plan.gammas,
+            reference=plan.reference,
+            plausibility=plan.plausibility,
             compiled=self.compiled,
             context_length=self.context_length,
         )

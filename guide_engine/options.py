@@ -17,6 +17,10 @@ from .tools import ToolSpec, check_tool_choice, check_tools
 __all__ = [
     "AUTO_CONTRAST",
     "AUTO_CONTRAST_DISTANCE",
+    "AUTO_NEAR",
+    "AUTO_PLAUSIBILITY",
+    "AUTO_REFERENCE",
+    "ContrastReference",
     "DELTA_QUERIES",
     "METRICS",
     "MODEL_FREE_OPTIONS",
@@ -58,6 +62,18 @@ AUTO_CONTRAST_DISTANCE = 512
 Chosen on the tuning half of the steering evaluation (docs/choosing-delta.md): contrast helped an
 instruction 1024 tokens before the end, was even at 256 and hurt an instruction at the end.
 """
+
+ContrastReference = Literal["plain", "masked"]
+"""What contrast pushes away from: the prompt without Δ (``"plain"``), or the prompt with the
+emphasized tokens hidden from attention (``"masked"``, classifier-free guidance on the span)."""
+AUTO_REFERENCE: ContrastReference = "plain"
+"""The reference ``"auto"`` contrasts against (research setting, see docs/choosing-delta.md)."""
+AUTO_PLAUSIBILITY = 0.0
+"""α of ``"auto"``'s plausibility constraint: a contrasted row may only pick tokens whose
+emphasized probability is ≥ α × the largest one (0 = no constraint)."""
+AUTO_NEAR: Literal["delta", "off"] = "delta"
+"""What ``"auto"`` does with emphasis nearer the end than :data:`AUTO_CONTRAST_DISTANCE`: keep Δ
+(``"delta"``) or decode the prompt without Δ (``"off"``)."""
 
 FinishReason = Literal["stop", "length", "tool_calls", "timeout"]
 Layers = Literal["all"] | Sequence[int]

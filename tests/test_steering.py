@@ -35,15 +35,38 @@ def _prompt(engine: GuideEngine, text: str = PROMPT) -> tuple[torch.Tensor, torc
 
 
 @torch.no_grad()
-def _reference_tokens(engine: GuideEngine, steps: int, *, rows_from=None, contrast: float = 0.0) -> list[int]:
-    """Greedy tokens by full recomputation: Δ on the prompt's keys (from ``rows_from`` on, if given)."""
-    ids, bias = _prompt(engine)
+def _reference_tokens(
+    engine: GuideEngine,
+    steps: int,
+    *,
+    rows_from=None,
+    contrast: float = 0.0,
+    masked: bool = False,
+    alpha: float = 0.0,
+    text: str = PROMPT,
+) -> list[int]:
+    """Greedy tokens by full recomputation: Δ on the prompt's keys (from ``rows_from`` on, if given).
+
+    ``contrast`` pushes away from stock SDPA, or with ``masked`` from the prompt whose emphasized
+    keys get −1000 (hidden); ``alpha`` keeps the pick among tokens with p_Δ ≥ α · max p_Δ.
+    """
+    ids, bias = _prompt(engine, text)
     emphasized, plain = twin(engine.model, REFERENCE), twin(engine.model, "sdpa")
+    hidden = torch.where(bias > 0, -1000.0, 0.0)
     out: list[int] = []
     for _ in range(steps):
         logits = emphasized(ids, reference=Recorder(bias, rows_from=rows_from)).logits[0, -1]
         if contrast:
-            logits = logits + contrast * (logits - plain(ids).logits[0, -1])
+            width = hidden.shape[1]
+            if masked:
+                grown = torch.cat([hidden, torch.zeros(1, ids.shape[1] - width)], dim=-1)
+                base = emphasized(ids, reference=Recorder(grown, rows_from=rows_from)).logits[0, -1]
+            else:
+                base = plain(ids).logits[0, -1]
+            combined = logits + contrast * (logits - base)
+            probs = logits.softmax(-1)
+            keep = probs >= alpha * probs.max() if alpha else torch.ones_like(probs, dtype=torch.bool)
+            logits = torch.where(keep, combined, logits - 1e4)
         token = int(logits.argmax())
         if token in engine.eos_ids:
             break
@@ -143,6 +166,38 @@ def test_contrast_keeps_stop_strings_constraints_and_influence(engine):
     assert len(influence.tokens) == measured.prompt_tokens + len(measured.token_ids) == influence[0].shape[0]
 
 
+def test_masked_contrast_equals_the_reference_without_the_span(engine, monkeypatch):
+    """The masked twin hides the emphasized keys; contrast then amplifies what the span adds."""
+    monkeypatch.setattr(decoding, "AUTO_CONTRAST_DISTANCE", 0)
+    monkeypatch.setattr(decoding, "AUTO_CONTRAST", 2.0)
+    monkeypatch.setattr(decoding, "AUTO_REFERENCE", "masked")
+    expected = _reference_tokens(engine, 10, contrast=2.0, masked=True)
+    assert engine.generate(PROMPT, max_new_tokens=10, contrast="auto").token_ids == expected
+    assert expected != _reference_tokens(engine, 10, contrast=2.0), "the reference must matter here"
+
+
+def test_plausibility_keeps_contrast_among_the_emphasized_model_s_likely_tokens(engine, monkeypatch):
+    monkeypatch.setattr(decoding, "AUTO_CONTRAST_DISTANCE", 0)
+    monkeypatch.setattr(decoding, "AUTO_CONTRAST", 8.0)
+    monkeypatch.setattr(decoding, "AUTO_PLAUSIBILITY", 0.9)  # a tiny random model's probabilities are flat
+    expected = _reference_tokens(engine, 10, contrast=8.0, alpha=0.9)
+    assert engine.generate(PROMPT, max_new_tokens=10, contrast="auto").token_ids == expected
+    assert expected != _reference_tokens(engine, 10, contrast=8.0), "α must matter here"
+
+
+def test_masked_and_plausible_contrast_batch_stream_and_follow_a_grammar(engine, monkeypatch):
+    for name, value in [("AUTO_CONTRAST_DISTANCE", 0), ("AUTO_REFERENCE", "masked"), ("AUTO_PLAUSIBILITY", 0.05)]:
+        monkeypatch.setattr(decoding, name, value)
+    prompts = [PROMPT, "Plain row. <!!!-> Count slowly. <-!!!> One, two", "No tags at all, two"]
+    batch = engine.generate_batch(prompts, max_new_tokens=8, contrast="auto")
+    alone = [engine.generate(p, max_new_tokens=8, contrast="auto") for p in prompts]
+    assert [r.token_ids for r in batch] == [r.token_ids for r in alone]
+    assert alone[2].token_ids == engine.generate(prompts[2], max_new_tokens=8).token_ids
+    assert "".join(engine.stream(PROMPT, max_new_tokens=8, contrast="auto")) == alone[0].text
+    shaped = engine.generate(PROMPT, max_new_tokens=16, contrast="auto", response_format={"type": "json_object"})
+    assert shaped.text.startswith("{")  # implausible tokens stay finite, so the grammar still has a choice
+
+
 # ------------------------------------------------------------------------------- contrast="auto"
 
 FILLER = " ".join(f"Line {i} of a report about harbours, ships and cargo." for i in range(8))
@@ -174,6 +229,19 @@ def test_auto_contrast_contrasts_exactly_the_rows_with_far_emphasis(engine, shor
     assert batch[0].token_ids == far_contrasted.token_ids
     assert batch[1].token_ids == engine.generate(NEAR, max_new_tokens=8).token_ids
     assert "".join(engine.stream(FAR, max_new_tokens=8, contrast="auto")) == far_contrasted.text
+
+
+def test_auto_can_switch_near_emphasis_off(engine, short_auto_distance, monkeypatch):
+    """With AUTO_NEAR = "off", a near row decodes as the untagged prompt, also beside a far row."""
+    monkeypatch.setattr(decoding, "AUTO_NEAR", "off")
+    untagged = NEAR.replace("<!!->", "").replace("<-!!>", "")
+    plain = engine.generate(untagged, max_new_tokens=8)
+    assert engine.generate(NEAR, max_new_tokens=8).token_ids != plain.token_ids, "Δ must matter here"
+    batch = engine.generate_batch([FAR, NEAR], max_new_tokens=8, contrast="auto")
+    assert batch[1].token_ids == plain.token_ids
+    assert batch[0].token_ids == engine.generate(FAR, max_new_tokens=8, contrast=AUTO_CONTRAST).token_ids
+    measured = engine.generate(NEAR.replace("!!", "?"), max_new_tokens=4, contrast="auto", metric="influence")
+    assert measured.influence is not None  # the span is still measured, only its Δ is off
 
 
 # ------------------------------------------------------------------------------------ bad input

@@ -1,8 +1,12 @@
 """Deterministic English texts and the prompts built from them (no model, no download).
 
-Texts come from the standard library's ``pydoc_data.topics`` (the Python language reference
-behind ``help()``), so every machine with Python has the same corpus. Only prose paragraphs are
-kept: no indented code, no reST underlines, each paragraph ending with a full stop.
+Two corpora:
+
+* ``python`` (default): the standard library's ``pydoc_data.topics`` (the Python language
+  reference behind ``help()``), so every machine with Python has the same corpus. Only prose
+  paragraphs are kept: no indented code, no reST underlines, each paragraph ending with a full stop.
+* ``prose``: the project's own non-technical articles and stories — ``examples/data`` and
+  ``benchmarks/quality/prose`` — a second corpus that is not technical documentation (issue 21).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 from guide_engine.tags import escape_tags
 
@@ -36,6 +41,24 @@ def source_paragraphs() -> tuple[str, ...]:
             text = " ".join(line.strip() for line in lines)
             text = re.sub(r"\s+", " ", text).strip()
             if len(text.split()) >= 8 and text.endswith("."):
+                paragraphs.append(text)
+    return tuple(paragraphs)
+
+
+PROSE_FOLDERS = (
+    Path(__file__).resolve().parents[2] / "examples" / "data",
+    Path(__file__).resolve().parent / "prose",
+)
+
+
+@lru_cache(maxsize=1)
+def prose_paragraphs() -> tuple[str, ...]:
+    """Paragraphs of the project's prose corpus, files in sorted order, whitespace collapsed."""
+    paragraphs = []
+    for path in sorted(p for folder in PROSE_FOLDERS for p in folder.glob("*.txt")):
+        for block in re.split(r"\n\s*\n", path.read_text(encoding="utf-8")):
+            text = re.sub(r"\s+", " ", block).strip()
+            if len(text.split()) >= 8:
                 paragraphs.append(text)
     return tuple(paragraphs)
 

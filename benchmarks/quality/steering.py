@@ -29,17 +29,18 @@ a summary") under each condition's logits (contrast: the combined logits), compa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from .data import Condition, build_context, french_prompt, needle_code, needle_prompt  # noqa: E402
+from .data import Condition, build_context, french_prompt, needle_code, needle_prompt, prose_paragraphs  # noqa: E402
 from .french import FRENCH_SALT  # noqa: E402
 from .metrics import contains_code, is_degenerate, is_french  # noqa: E402
 from .needle import NEEDLE_SALT  # noqa: E402
@@ -48,6 +49,33 @@ from .steering_report import AUTO, plot, report  # noqa: E402
 
 NEEDLE_DEPTHS = (0.1, 0.5, 0.9)
 NEW_TOKENS = {"french": 40, "needle": 20}
+CORPORA = ("python", "prose")
+
+# Candidates of issue 21, run as ``contrast="auto"`` with its knobs set (guide_engine.decoding's
+# AUTO_* names): label → (Δ of the span, the knobs). Distance 0 makes every emphasized row "far",
+# so a variant is the fixed setting it names wherever it is run.
+VARIANTS: dict[str, tuple[float, dict[str, Any]]] = {
+    "masked Δ=1 γ=1": (1.0, {"AUTO_CONTRAST": 1.0, "AUTO_CONTRAST_DISTANCE": 0, "AUTO_REFERENCE": "masked"}),
+    "masked Δ=1 γ=2": (1.0, {"AUTO_CONTRAST": 2.0, "AUTO_CONTRAST_DISTANCE": 0, "AUTO_REFERENCE": "masked"}),
+    "masked Δ=0.01 γ=1.5": (0.01, {"AUTO_CONTRAST": 1.5, "AUTO_CONTRAST_DISTANCE": 0, "AUTO_REFERENCE": "masked"}),
+    "contrast Δ=1 γ=4 α=0.1": (1.0, {"AUTO_CONTRAST": 4.0, "AUTO_CONTRAST_DISTANCE": 0, "AUTO_PLAUSIBILITY": 0.1}),
+    "contrast Δ=1 γ=4 α=0.01": (1.0, {"AUTO_CONTRAST": 4.0, "AUTO_CONTRAST_DISTANCE": 0, "AUTO_PLAUSIBILITY": 0.01}),
+}
+
+
+@contextlib.contextmanager
+def auto_knobs(knobs: dict[str, Any]) -> Iterator[None]:
+    """Set ``guide_engine.decoding``'s AUTO_* names for the block (the research knobs of ``"auto"``)."""
+    from guide_engine import decoding
+
+    saved = {name: getattr(decoding, name) for name in knobs}
+    try:
+        for name, value in knobs.items():
+            setattr(decoding, name, value)
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(decoding, name, value)
 
 
 def conditions(task: str, output_deltas: Sequence[float], gammas: Sequence[float]) -> dict[str, tuple[Condition, dict]]:
@@ -69,9 +97,10 @@ def conditions(task: str, output_deltas: Sequence[float], gammas: Sequence[float
     return table
 
 
-def contexts(task: str, length: int, n: int, count: Any) -> list[str]:
+def contexts(task: str, length: int, n: int, count: Any, corpus: str = "python") -> list[str]:
     salt = FRENCH_SALT if task == "french" else NEEDLE_SALT
-    return [build_context(length, s, count, salt=salt) for s in range(n)]
+    paragraphs = prose_paragraphs() if corpus == "prose" else None
+    return [build_context(length, s, count, salt=salt, paragraphs=paragraphs) for s in range(n)]
 
 
 def prompt_for(task: str, context: str, condition: Condition, position: str, sample: int, length: int) -> str:
@@ -88,34 +117,47 @@ def succeeded(task: str, text: str, sample: int, length: int) -> bool:
     return contains_code(text, needle_code(sample, depth, length))
 
 
-def key(task: str, length: int, position: str, label: str, sample: int) -> str:
+def key(task: str, length: int, position: str, label: str, sample: int, corpus: str = "python") -> str:
     """The French keys keep the first run's form, so ``--resume`` reuses its records."""
     prefix = "" if task == "french" else f"{task}|"
+    prefix = prefix if corpus == "python" else f"{corpus}|{prefix}"
     return f"{prefix}{length}|{position}|{label}|{sample}"
 
 
 def run(engine: Any, sink: Sink, args: argparse.Namespace) -> None:
     from guide_engine.decoding import emphasis_distance
 
-    table = conditions(args.task, args.output_deltas, args.gammas)
+    table = {label: (*entry, {}) for label, entry in conditions(args.task, args.output_deltas, args.gammas).items()}
     if args.auto_run:
-        table[f"{AUTO} (run)"] = (table["guide Δ=1"][0], {"delta_mid": 1.0, "contrast": "auto"})
+        table[f"{AUTO} (run)"] = (table["guide Δ=1"][0], {"delta_mid": 1.0, "contrast": "auto"}, {})
+    if args.conditions is not None:
+        table = {label: entry for label, entry in table.items() if label in args.conditions}
+    target = "instruction" if args.task == "french" else "question"
+    for label in args.variants:
+        delta, knobs = VARIANTS[label]
+        table[label] = (Condition("guide", delta, target), {"delta_mid": delta, "contrast": "auto"}, knobs)
+    samples = [s for s in range(args.contexts) if ("tune" if s % 2 == 0 else "test") in args.halves]
     count = token_counter(engine)
-    total = len(args.lengths) * args.contexts * len(args.positions) * len(table)
-    progress = Progress(total, f"steering[{args.task}]")
+    total = len(args.lengths) * len(samples) * len(args.positions) * len(table)
+    progress = Progress(total, f"steering[{args.task}, {args.corpus}]")
     for length in args.lengths:
-        texts = contexts(args.task, length, args.contexts, count)
+        texts = contexts(args.task, length, args.contexts, count, args.corpus)
         for position in args.positions:
-            for label, (condition, options) in table.items():
-                todo = [s for s in range(args.contexts) if key(args.task, length, position, label, s) not in sink.done]
-                progress.step(args.contexts - len(todo), "(resumed)") if len(todo) < args.contexts else None
+            for label, (condition, options, knobs) in table.items():
+                todo = [s for s in samples if key(args.task, length, position, label, s, args.corpus) not in sink.done]
+                progress.step(len(samples) - len(todo), "(resumed)") if len(todo) < len(samples) else None
                 for batch in chunks(todo, args.batch_size):
                     prompts = [prompt_for(args.task, texts[s], condition, position, s, length) for s in batch]
-                    results = engine.generate_batch(prompts, max_new_tokens=NEW_TOKENS[args.task], **options)
+                    # Where the span ends counts for every condition, raw included (its tagged twin's).
+                    span = Condition("guide", 1.0, target)
+                    tagged = [prompt_for(args.task, texts[s], span, position, s, length) for s in batch]
+                    with auto_knobs(knobs):
+                        results = engine.generate_batch(prompts, max_new_tokens=NEW_TOKENS[args.task], **options)
                     sink.add(
                         [
                             {
-                                "key": key(args.task, length, position, label, s),
+                                "key": key(args.task, length, position, label, s, args.corpus),
+                                "corpus": args.corpus,
                                 "task": args.task,
                                 "length": length,
                                 "position": position,
@@ -123,12 +165,12 @@ def run(engine: Any, sink: Sink, args: argparse.Namespace) -> None:
                                 "sample": s,
                                 "half": "tune" if s % 2 == 0 else "test",
                                 "prompt_tokens": result.prompt_tokens,
-                                "distance": emphasis_distance(engine.encode(prompt, delta_mid=1.0)),
+                                "distance": emphasis_distance(engine.encode(tagged_prompt, delta_mid=1.0)),
                                 "text": result.text,
                                 "success": succeeded(args.task, result.text, s, length),
                                 "degenerate": is_degenerate(result.text),
                             }
-                            for s, prompt, result in zip(batch, prompts, results)
+                            for s, tagged_prompt, result in zip(batch, tagged, results)
                         ]
                     )
                     progress.step(len(batch), f"{length} {position} {label}")
@@ -204,6 +246,10 @@ def main() -> None:
     parser.add_argument("--teacher-forced", action="store_true", help="French task: the teacher-forced scores only")
     parser.add_argument("--test-half-only", action="store_true", help="teacher-forced scores of the test half only")
     parser.add_argument("--auto-run", action="store_true", help='also run contrast="auto" for real')
+    parser.add_argument("--corpus", default="python", choices=CORPORA, help="python docs or the project's prose")
+    parser.add_argument("--conditions", nargs="*", default=None, help="run only these fixed conditions")
+    parser.add_argument("--variants", nargs="*", default=[], choices=sorted(VARIANTS), help="issue 21's candidates")
+    parser.add_argument("--halves", nargs="+", default=["tune", "test"], choices=["tune", "test"])
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
 
