@@ -33,7 +33,7 @@ except ImportError as missing:  # the console script is installed even without t
         "the guide command needs typer and rich: pip install 'guide-attention[cli]'"
     ) from missing
 from .loading import resolve_model
-from .options import DELTA_QUERIES, METRICS, EngineDefaults, check_option, request_options
+from .options import CONTRAST_REFERENCES, DELTA_QUERIES, METRICS, EngineDefaults, check_option, request_options
 from .registry import shared_engine
 from .tags import Span, parse_tags
 
@@ -54,6 +54,8 @@ Metric = Enum("Metric", {name: name for name in METRICS}, type=str)  # type: ign
 
 DeltaQueriesChoice = Enum("DeltaQueriesChoice", {name: name for name in DELTA_QUERIES}, type=str)  # type: ignore[misc]
 """``guide generate --delta-queries``: the engine's own names."""
+ReferenceChoice = Enum("ReferenceChoice", {name: name for name in CONTRAST_REFERENCES}, type=str)  # type: ignore[misc]
+"""``guide generate --contrast-reference``: the engine's own names."""
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -513,7 +515,12 @@ def generate(
         "0",
         "--contrast",
         metavar="<γ|auto>",
-        help="γ of contrastive emphasis: l_Δ + γ (l_Δ − l_0); 0 = off; auto = 4 for far emphasis.",
+        help="γ of contrastive emphasis: l_Δ + γ (l_Δ − l_ref); 0 = off; auto = only for far emphasis.",
+    ),
+    contrast_reference: ReferenceChoice = typer.Option(
+        ReferenceChoice["plain"],
+        "--contrast-reference",
+        help="What contrast pushes away from: plain (the prompt without Δ) or masked (without the emphasized text).",
     ),
 ) -> None:
     """Generate a completion of a tagged prompt, streaming the text to stdout."""
@@ -532,6 +539,7 @@ def generate(
             "response_format": read_json_schema(json_schema),
             "delta_queries": delta_queries.value,
             "contrast": parse_contrast(contrast),
+            "contrast_reference": contrast_reference.value,
         }
         sizes = read_model_sizes(model, gguf_file)
         n = sizes.num_layers

@@ -30,9 +30,9 @@ from .kv_cache import CompiledDecoding, cache_keyword, check_prefill, static_cac
 from .options import (
     AUTO_CONTRAST,
     AUTO_CONTRAST_DISTANCE,
+    AUTO_MASKED_CONTRAST,
     AUTO_NEAR,
     AUTO_PLAUSIBILITY,
-    AUTO_REFERENCE,
     Contrast,
     ContrastReference,
     FinishReason,
@@ -61,12 +61,15 @@ def emphasis_distance(encoded: EncodedPrompt) -> int | None:
     return None if last is None else len(encoded.input_ids) - 1 - last
 
 
-def contrast_of(encoded: EncodedPrompt, contrast: Contrast) -> float:
-    """γ of one prompt: ``contrast`` itself, or for ``"auto"`` :data:`AUTO_CONTRAST` when the
-    emphasis ends at least :data:`AUTO_CONTRAST_DISTANCE` tokens before the prompt does, else 0."""
+def contrast_of(encoded: EncodedPrompt, contrast: Contrast, reference: ContrastReference = "plain") -> float:
+    """γ of one prompt: ``contrast`` itself, or for ``"auto"`` the reference's γ
+    (:data:`AUTO_CONTRAST`, or :data:`AUTO_MASKED_CONTRAST` for ``"masked"``) when the emphasis ends
+    at least :data:`AUTO_CONTRAST_DISTANCE` tokens before the prompt does, else 0."""
     if contrast != "auto":
         return contrast
-    return AUTO_CONTRAST if _far(encoded) else 0.0
+    if not _far(encoded):
+        return 0.0
+    return AUTO_MASKED_CONTRAST if reference == "masked" else AUTO_CONTRAST
 
 
 def _far(encoded: EncodedPrompt) -> bool:
@@ -92,14 +95,16 @@ class ContrastPlan:
     plausibility: float = 0.0
 
 
-def contrast_plan(encoded: Sequence[EncodedPrompt], contrast: Contrast) -> ContrastPlan:
+def contrast_plan(
+    encoded: Sequence[EncodedPrompt], contrast: Contrast, reference: ContrastReference = "plain"
+) -> ContrastPlan:
     """The plan of a request: a fixed γ for every row, or ``"auto"``'s choice per row."""
     if contrast != "auto":
-        return ContrastPlan(list(encoded), [float(contrast)] * len(encoded))
+        return ContrastPlan(list(encoded), [float(contrast)] * len(encoded), reference)
     rows = [
         e if AUTO_NEAR == "delta" or _far(e) else replace(e, token_deltas=[0.0] * len(e.token_deltas)) for e in encoded
     ]
-    return ContrastPlan(rows, [contrast_of(e, "auto") for e in encoded], AUTO_REFERENCE, AUTO_PLAUSIBILITY)
+    return ContrastPlan(rows, [contrast_of(e, "auto", reference) for e in encoded], reference, AUTO_PLAUSIBILITY)
 
 
 def logits_processors(sampling: SamplingConfig) -> LogitsProcessorList:

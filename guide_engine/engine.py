@@ -379,7 +379,7 @@ class GuideEngine:
         :func:`~guide_engine.decoding.decode_steps`: it yields each step's next ids, ``(batch,)``."""
         device = self.model.device
         ids, attention_mask = left_pad([e.input_ids for e in encoded], self.pad_id, device)
-        plan = contrast_plan(encoded, request.contrast)
+        plan = contrast_plan(encoded, request.contrast, request.contrast_reference)
         return decode_steps(
             self.model,
             ids,

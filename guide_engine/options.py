@@ -17,9 +17,10 @@ from .tools import ToolSpec, check_tool_choice, check_tools
 __all__ = [
     "AUTO_CONTRAST",
     "AUTO_CONTRAST_DISTANCE",
+    "AUTO_MASKED_CONTRAST",
     "AUTO_NEAR",
     "AUTO_PLAUSIBILITY",
-    "AUTO_REFERENCE",
+    "CONTRAST_REFERENCES",
     "ContrastReference",
     "DELTA_QUERIES",
     "METRICS",
@@ -35,6 +36,7 @@ __all__ = [
     "ResponseFormat",
     "SamplingConfig",
     "check_contrast",
+    "check_contrast_reference",
     "check_delta_queries",
     "check_heads",
     "check_layers",
@@ -64,13 +66,16 @@ instruction 1024 tokens before the end, was even at 256 and hurt an instruction 
 """
 
 ContrastReference = Literal["plain", "masked"]
+CONTRAST_REFERENCES: tuple[str, ...] = get_args(ContrastReference)
 """What contrast pushes away from: the prompt without Δ (``"plain"``), or the prompt with the
-emphasized tokens hidden from attention (``"masked"``, classifier-free guidance on the span)."""
-AUTO_REFERENCE: ContrastReference = "plain"
-"""The reference ``"auto"`` contrasts against (research setting, see docs/choosing-delta.md)."""
+emphasized tokens hidden from attention (``"masked"``: classifier-free guidance on the span)."""
+AUTO_MASKED_CONTRAST = 1.0
+"""γ that ``contrast="auto"`` uses for far emphasis when ``contrast_reference="masked"`` (γ = 2
+already lost the needle on the tuning half: docs/choosing-delta.md)."""
 AUTO_PLAUSIBILITY = 0.0
-"""α of ``"auto"``'s plausibility constraint: a contrasted row may only pick tokens whose
-emphasized probability is ≥ α × the largest one (0 = no constraint)."""
+"""Research setting, not an option: α of a plausibility constraint on ``"auto"``'s contrasted rows,
+which may then only pick tokens whose emphasized probability is ≥ α × the largest (0 = none). It
+was tried at α = 0.1 (Li et al. 2023) and lost on both tasks (docs/choosing-delta.md)."""
 AUTO_NEAR: Literal["delta", "off"] = "delta"
 """What ``"auto"`` does with emphasis nearer the end than :data:`AUTO_CONTRAST_DISTANCE`: keep Δ
 (``"delta"``) or decode the prompt without Δ (``"off"``)."""
@@ -97,6 +102,7 @@ REQUEST_OPTIONS = (
     "timeout",
     "delta_queries",
     "contrast",
+    "contrast_reference",
 )
 """Keyword arguments of ``GuideEngine.generate``, ``stream`` and ``generate_batch``."""
 
@@ -159,6 +165,7 @@ class RequestOptions:
     timeout: float | None = None
     delta_queries: DeltaQueries = "all"
     contrast: Contrast = 0.0
+    contrast_reference: ContrastReference = "plain"
 
     @property
     def calls_tools(self) -> bool:
@@ -247,6 +254,16 @@ def check_contrast(contrast: Any) -> Contrast:
     if number < 0:
         raise GuideValueError(f"contrast must be >= 0 (0 = off, e.g. 1 or 4) or 'auto', got {contrast!r}")
     return number
+
+
+def check_contrast_reference(reference: Any) -> ContrastReference:
+    """``reference`` if it is one of :data:`CONTRAST_REFERENCES`."""
+    if reference not in CONTRAST_REFERENCES:
+        raise GuideValueError(
+            f"contrast_reference must be one of {CONTRAST_REFERENCES} (what contrast pushes away from: "
+            f"the prompt without Δ, or without the emphasized text), got {reference!r}"
+        )
+    return reference
 
 
 def _check_stop(stop: Any) -> tuple[str, ...]:
@@ -343,6 +360,7 @@ def request_options(defaults: EngineDefaults, **options: Any) -> RequestOptions:
         timeout=None if timeout is None else _check_positive("timeout", timeout, "seconds of wall-clock time"),
         delta_queries=check_delta_queries(given.get("delta_queries", "all")),
         contrast=check_contrast(given.get("contrast", 0.0)),
+        contrast_reference=check_contrast_reference(given.get("contrast_reference", "plain")),
     )
 
 

@@ -17,7 +17,7 @@ from guide_engine import GuideEngine, GuideValueError, decoding
 from guide_engine.attention import GuideAttentionState
 from guide_engine.decoding import contrast_of, emphasis_distance
 from guide_engine.kv_cache import cache_keyword
-from guide_engine.options import AUTO_CONTRAST
+from guide_engine.options import AUTO_CONTRAST, AUTO_MASKED_CONTRAST
 from tests.reference import REFERENCE, Recorder, assert_cached_decoding_matches, twin
 
 PROMPT = "<!!-> Answer in French. <-!!> What is the capital of Italy?"
@@ -166,13 +166,11 @@ def test_contrast_keeps_stop_strings_constraints_and_influence(engine):
     assert len(influence.tokens) == measured.prompt_tokens + len(measured.token_ids) == influence[0].shape[0]
 
 
-def test_masked_contrast_equals_the_reference_without_the_span(engine, monkeypatch):
+def test_masked_contrast_equals_the_reference_without_the_span(engine):
     """The masked twin hides the emphasized keys; contrast then amplifies what the span adds."""
-    monkeypatch.setattr(decoding, "AUTO_CONTRAST_DISTANCE", 0)
-    monkeypatch.setattr(decoding, "AUTO_CONTRAST", 2.0)
-    monkeypatch.setattr(decoding, "AUTO_REFERENCE", "masked")
     expected = _reference_tokens(engine, 10, contrast=2.0, masked=True)
-    assert engine.generate(PROMPT, max_new_tokens=10, contrast="auto").token_ids == expected
+    result = engine.generate(PROMPT, max_new_tokens=10, contrast=2.0, contrast_reference="masked")
+    assert result.token_ids == expected
     assert expected != _reference_tokens(engine, 10, contrast=2.0), "the reference must matter here"
 
 
@@ -186,15 +184,16 @@ def test_plausibility_keeps_contrast_among_the_emphasized_model_s_likely_tokens(
 
 
 def test_masked_and_plausible_contrast_batch_stream_and_follow_a_grammar(engine, monkeypatch):
-    for name, value in [("AUTO_CONTRAST_DISTANCE", 0), ("AUTO_REFERENCE", "masked"), ("AUTO_PLAUSIBILITY", 0.05)]:
-        monkeypatch.setattr(decoding, name, value)
+    monkeypatch.setattr(decoding, "AUTO_CONTRAST_DISTANCE", 0)
+    monkeypatch.setattr(decoding, "AUTO_PLAUSIBILITY", 0.05)
+    options = {"contrast": "auto", "contrast_reference": "masked"}
     prompts = [PROMPT, "Plain row. <!!!-> Count slowly. <-!!!> One, two", "No tags at all, two"]
-    batch = engine.generate_batch(prompts, max_new_tokens=8, contrast="auto")
-    alone = [engine.generate(p, max_new_tokens=8, contrast="auto") for p in prompts]
+    batch = engine.generate_batch(prompts, max_new_tokens=8, **options)
+    alone = [engine.generate(p, max_new_tokens=8, **options) for p in prompts]
     assert [r.token_ids for r in batch] == [r.token_ids for r in alone]
     assert alone[2].token_ids == engine.generate(prompts[2], max_new_tokens=8).token_ids
-    assert "".join(engine.stream(PROMPT, max_new_tokens=8, contrast="auto")) == alone[0].text
-    shaped = engine.generate(PROMPT, max_new_tokens=16, contrast="auto", response_format={"type": "json_object"})
+    assert "".join(engine.stream(PROMPT, max_new_tokens=8, **options)) == alone[0].text
+    shaped = engine.generate(PROMPT, max_new_tokens=16, response_format={"type": "json_object"}, **options)
     assert shaped.text.startswith("{")  # implausible tokens stay finite, so the grammar still has a choice
 
 
@@ -219,6 +218,7 @@ def test_emphasis_distance_counts_the_tokens_after_the_last_emphasized_one(engin
     assert emphasis_distance(engine.encode("No tags here.")) is None
     assert emphasis_distance(engine.encode(FAR, delta_mid=0.0)) is None  # Δ = 0 is no emphasis
     assert [contrast_of(e, "auto") for e in (far, near)] == [AUTO_CONTRAST, 0.0]
+    assert [contrast_of(e, "auto", "masked") for e in (far, near)] == [AUTO_MASKED_CONTRAST, 0.0]
     assert contrast_of(near, 2.5) == 2.5
 
 
@@ -254,6 +254,11 @@ def test_auto_can_switch_near_emphasis_off(engine, short_auto_distance, monkeypa
         ({"contrast": "sometimes"}, r"contrast must be a number >= 0 or 'auto', got 'sometimes'"),
         ({"contrast": float("nan")}, "contrast must be a finite number"),
         ({"delta_queries": "first"}, r"delta_queries must be one of \('all', 'output'\), got 'first'"),
+        (
+            {"contrast_reference": "none"},
+            r"contrast_reference must be one of \('plain', 'masked'\) \(what contrast pushes away from: the "
+            r"prompt without Δ, or without the emphasized text\), got 'none'",
+        ),
     ],
 )
 def test_bad_steering_options_are_named(engine, options, message):

@@ -51,15 +51,18 @@ NEEDLE_DEPTHS = (0.1, 0.5, 0.9)
 NEW_TOKENS = {"french": 40, "needle": 20}
 CORPORA = ("python", "prose")
 
-# Candidates of issue 21, run as ``contrast="auto"`` with its knobs set (guide_engine.decoding's
-# AUTO_* names): label → (Δ of the span, the knobs). Distance 0 makes every emphasized row "far",
-# so a variant is the fixed setting it names wherever it is run.
-VARIANTS: dict[str, tuple[float, dict[str, Any]]] = {
-    "masked Δ=1 γ=1": (1.0, {"AUTO_CONTRAST": 1.0, "AUTO_CONTRAST_DISTANCE": 0, "AUTO_REFERENCE": "masked"}),
-    "masked Δ=1 γ=2": (1.0, {"AUTO_CONTRAST": 2.0, "AUTO_CONTRAST_DISTANCE": 0, "AUTO_REFERENCE": "masked"}),
-    "masked Δ=0.01 γ=1.5": (0.01, {"AUTO_CONTRAST": 1.5, "AUTO_CONTRAST_DISTANCE": 0, "AUTO_REFERENCE": "masked"}),
-    "contrast Δ=1 γ=4 α=0.1": (1.0, {"AUTO_CONTRAST": 4.0, "AUTO_CONTRAST_DISTANCE": 0, "AUTO_PLAUSIBILITY": 0.1}),
-    "contrast Δ=1 γ=4 α=0.01": (1.0, {"AUTO_CONTRAST": 4.0, "AUTO_CONTRAST_DISTANCE": 0, "AUTO_PLAUSIBILITY": 0.01}),
+# Candidates of issue 21: label → (Δ of the span, engine options, guide_engine.decoding knobs). The
+# plausibility constraint is a research knob of contrast="auto", not an option: distance 0 makes
+# every emphasized row "far", so "auto" is then the fixed setting the label names.
+VARIANTS: dict[str, tuple[float, dict[str, Any], dict[str, Any]]] = {
+    "masked Δ=1 γ=1": (1.0, {"contrast": 1.0, "contrast_reference": "masked"}, {}),
+    "masked Δ=1 γ=2": (1.0, {"contrast": 2.0, "contrast_reference": "masked"}, {}),
+    "masked Δ=0.01 γ=1.5": (0.01, {"contrast": 1.5, "contrast_reference": "masked"}, {}),
+    "contrast Δ=1 γ=4 α=0.1": (
+        1.0,
+        {"contrast": "auto"},
+        {"AUTO_CONTRAST": 4.0, "AUTO_CONTRAST_DISTANCE": 0, "AUTO_PLAUSIBILITY": 0.1},
+    ),
 }
 
 
@@ -134,8 +137,8 @@ def run(engine: Any, sink: Sink, args: argparse.Namespace) -> None:
         table = {label: entry for label, entry in table.items() if label in args.conditions}
     target = "instruction" if args.task == "french" else "question"
     for label in args.variants:
-        delta, knobs = VARIANTS[label]
-        table[label] = (Condition("guide", delta, target), {"delta_mid": delta, "contrast": "auto"}, knobs)
+        delta, options, knobs = VARIANTS[label]
+        table[label] = (Condition("guide", delta, target), {"delta_mid": delta, **options}, knobs)
     samples = [s for s in range(args.contexts) if ("tune" if s % 2 == 0 else "test") in args.halves]
     count = token_counter(engine)
     total = len(args.lengths) * len(samples) * len(args.positions) * len(table)

@@ -45,7 +45,7 @@ OVERRIDABLE_FIELDS = ("model", *FIELD_OPTIONS)
 PER_CALL_OPTIONS = ("tools", "tool_choice", "response_format")
 """Engine options that come with a call, usually bound: ``bind_tools``, ``with_structured_output``, ``bind``."""
 
-ENGINE_EXTRAS = ("top_k", "seed", "heads", "delta_queries", "contrast")
+ENGINE_EXTRAS = ("top_k", "seed", "heads", "delta_queries", "contrast", "contrast_reference")
 """Engine options without a field of their own: set them in ``model_kwargs`` or per call.
 
 With the fields' engine names, :data:`PER_CALL_OPTIONS` and ``stop`` (LangChain's own argument), they

@@ -151,8 +151,13 @@ class GuideLLM(FunctionCallingLLM):
     contrast: float | Literal["auto"] = Field(
         default=0.0,
         description="γ of contrastive emphasis: each token from l_Δ + γ (l_Δ − l_0), one extra batch row per "
-        "request (0: off); 'auto': γ = 4 only where the emphasis ends far before the prompt's end. For "
-        "instructions, not questions answered from the text (see the Choosing Δ page).",
+        "request (0: off); 'auto': no Δ where the emphasis ends near the prompt's end, contrast where it ends "
+        "far from it (see the Choosing Δ page).",
+    )
+    contrast_reference: Literal["plain", "masked"] = Field(
+        default="plain",
+        description="What contrast pushes away from: 'plain' (the prompt without Δ) or 'masked' (the prompt "
+        "without the emphasized text, as classifier-free guidance); see the Choosing Δ page.",
     )
     max_new_tokens: int = Field(default=256, description="Most tokens to generate per call.")
     temperature: float = Field(default=0.0, description="0 is greedy decoding.")

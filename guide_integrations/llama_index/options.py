@@ -37,6 +37,7 @@ FIELD_OPTIONS: tuple[str, ...] = (
     "metric",
     "delta_queries",
     "contrast",
+    "contrast_reference",
     "repetition_penalty",
     "timeout",
 )

@@ -8,8 +8,9 @@ them (``delta_influence`` is the Δ of ``<?->`` spans, as in ``GuideEngine.gener
 cannot serve:
 
 * a non-finite ``delta_mid``;
-* the engine's steering and measuring options (``contrast``, ``delta_queries``, ``layers``,
-  ``heads``, ``metric``): the server does not apply them, and vLLM would drop them silently;
+* the engine's steering and measuring options (``contrast``, ``contrast_reference``,
+  ``delta_queries``, ``layers``, ``heads``, ``metric``): the server does not apply them, and vLLM
+  would drop them silently;
 * tags together with repetition, frequency or presence penalties or ``prompt_logprobs``: those read
   the prompt's token ids against the vocabulary, and GUIDE's ids carry Δ above it.
 """
@@ -25,7 +26,7 @@ from guide_engine.tags import MARKERS
 __all__ = ["GuideBodyMiddleware", "rewrite_body"]
 
 GUIDE_FIELDS = ("delta_mid", "delta_influence")
-ENGINE_ONLY = ("contrast", "delta_queries", "layers", "heads", "metric")
+ENGINE_ONLY = ("contrast", "contrast_reference", "delta_queries", "layers", "heads", "metric")
 """``GuideEngine`` options the server does not apply: refused rather than ignored."""
 _NEUTRAL = {"repetition_penalty": 1.0, "frequency_penalty": 0.0, "presence_penalty": 0.0, "prompt_logprobs": None}
 
