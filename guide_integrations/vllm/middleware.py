@@ -1,6 +1,6 @@
 """``GuideBodyMiddleware``: GUIDE's request options at the top level of a chat request body.
 
-OpenAI clients send extra fields with ``extra_body={"delta_mid": 2}``; vLLM would ignore unknown
+OpenAI clients send extra fields with ``extra_body={"delta_mid": 1}``; vLLM would ignore unknown
 top-level fields. This ASGI middleware (``--middleware guide_integrations.vllm.middleware.GuideBodyMiddleware``)
 moves ``delta_mid`` and ``delta_influence`` into ``chat_template_kwargs``, where the renderer reads
 them (``delta_influence`` is the Δ of ``<?->`` spans, as in ``GuideEngine.generate`` without
