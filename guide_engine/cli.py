@@ -517,10 +517,11 @@ def generate(
         metavar="<γ|auto>",
         help="γ of contrastive emphasis: l_Δ + γ (l_Δ − l_ref); 0 = off; auto = only for far emphasis.",
     ),
-    contrast_reference: ReferenceChoice = typer.Option(
-        ReferenceChoice["plain"],
+    contrast_reference: ReferenceChoice | None = typer.Option(
+        None,
         "--contrast-reference",
-        help="What contrast pushes away from: plain (the prompt without Δ) or masked (without the emphasized text).",
+        help="What contrast pushes away from: plain (the prompt without Δ; a fixed γ's default) or masked "
+        "(without the emphasized text; auto's default).",
     ),
 ) -> None:
     """Generate a completion of a tagged prompt, streaming the text to stdout."""
@@ -539,7 +540,7 @@ def generate(
             "response_format": read_json_schema(json_schema),
             "delta_queries": delta_queries.value,
             "contrast": parse_contrast(contrast),
-            "contrast_reference": contrast_reference.value,
+            "contrast_reference": None if contrast_reference is None else contrast_reference.value,
         }
         sizes = read_model_sizes(model, gguf_file)
         n = sizes.num_layers

@@ -33,6 +33,7 @@ from .options import (
     AUTO_MASKED_CONTRAST,
     AUTO_NEAR,
     AUTO_PLAUSIBILITY,
+    AUTO_REFERENCE,
     Contrast,
     ContrastReference,
     FinishReason,
@@ -61,15 +62,16 @@ def emphasis_distance(encoded: EncodedPrompt) -> int | None:
     return None if last is None else len(encoded.input_ids) - 1 - last
 
 
-def contrast_of(encoded: EncodedPrompt, contrast: Contrast, reference: ContrastReference = "plain") -> float:
+def contrast_of(encoded: EncodedPrompt, contrast: Contrast, reference: ContrastReference | None = None) -> float:
     """γ of one prompt: ``contrast`` itself, or for ``"auto"`` the reference's γ
-    (:data:`AUTO_CONTRAST`, or :data:`AUTO_MASKED_CONTRAST` for ``"masked"``) when the emphasis ends
-    at least :data:`AUTO_CONTRAST_DISTANCE` tokens before the prompt does, else 0."""
+    (:data:`AUTO_MASKED_CONTRAST` for ``"masked"``, :data:`AUTO_CONTRAST` for ``"plain"``; ``None``
+    is :data:`AUTO_REFERENCE`) when the emphasis ends at least :data:`AUTO_CONTRAST_DISTANCE`
+    tokens before the prompt does, else 0."""
     if contrast != "auto":
         return contrast
     if not _far(encoded):
         return 0.0
-    return AUTO_MASKED_CONTRAST if reference == "masked" else AUTO_CONTRAST
+    return AUTO_MASKED_CONTRAST if (reference or AUTO_REFERENCE) == "masked" else AUTO_CONTRAST
 
 
 def _far(encoded: EncodedPrompt) -> bool:
@@ -96,11 +98,13 @@ class ContrastPlan:
 
 
 def contrast_plan(
-    encoded: Sequence[EncodedPrompt], contrast: Contrast, reference: ContrastReference = "plain"
+    encoded: Sequence[EncodedPrompt], contrast: Contrast, reference: ContrastReference | None = None
 ) -> ContrastPlan:
-    """The plan of a request: a fixed γ for every row, or ``"auto"``'s choice per row."""
+    """The plan of a request: a fixed γ for every row (against ``reference``, ``"plain"`` if
+    ``None``), or ``"auto"``'s choice per row (against :data:`AUTO_REFERENCE` if ``None``)."""
     if contrast != "auto":
-        return ContrastPlan(list(encoded), [float(contrast)] * len(encoded), reference)
+        return ContrastPlan(list(encoded), [float(contrast)] * len(encoded), reference or "plain")
+    reference = reference or AUTO_REFERENCE
     rows = [
         e if AUTO_NEAR == "delta" or _far(e) else replace(e, token_deltas=[0.0] * len(e.token_deltas)) for e in encoded
     ]

@@ -179,7 +179,7 @@ def test_plausibility_keeps_contrast_among_the_emphasized_model_s_likely_tokens(
     monkeypatch.setattr(decoding, "AUTO_CONTRAST", 8.0)
     monkeypatch.setattr(decoding, "AUTO_PLAUSIBILITY", 0.9)  # a tiny random model's probabilities are flat
     expected = _reference_tokens(engine, 10, contrast=8.0, alpha=0.9)
-    assert engine.generate(PROMPT, max_new_tokens=10, contrast="auto").token_ids == expected
+    assert engine.generate(PROMPT, max_new_tokens=10, contrast="auto", contrast_reference="plain").token_ids == expected
     assert expected != _reference_tokens(engine, 10, contrast=8.0), "α must matter here"
 
 
@@ -217,18 +217,30 @@ def test_emphasis_distance_counts_the_tokens_after_the_last_emphasized_one(engin
     assert emphasis_distance(near) == len(near.input_ids) - 1 - last
     assert emphasis_distance(engine.encode("No tags here.")) is None
     assert emphasis_distance(engine.encode(FAR, delta_mid=0.0)) is None  # Δ = 0 is no emphasis
-    assert [contrast_of(e, "auto") for e in (far, near)] == [AUTO_CONTRAST, 0.0]
-    assert [contrast_of(e, "auto", "masked") for e in (far, near)] == [AUTO_MASKED_CONTRAST, 0.0]
+    assert [contrast_of(e, "auto") for e in (far, near)] == [AUTO_MASKED_CONTRAST, 0.0]  # masked by default
+    assert [contrast_of(e, "auto", "plain") for e in (far, near)] == [AUTO_CONTRAST, 0.0]
     assert contrast_of(near, 2.5) == 2.5
 
 
-def test_auto_contrast_contrasts_exactly_the_rows_with_far_emphasis(engine, short_auto_distance):
-    batch = engine.generate_batch([FAR, NEAR], max_new_tokens=8, contrast="auto")
-    far_contrasted = engine.generate(FAR, max_new_tokens=8, contrast=AUTO_CONTRAST)
+@pytest.mark.parametrize(
+    "reference,fixed",
+    [
+        (None, {"contrast": AUTO_MASKED_CONTRAST, "contrast_reference": "masked"}),
+        ("plain", {"contrast": AUTO_CONTRAST}),
+    ],
+)
+def test_auto_contrast_contrasts_exactly_the_rows_with_far_emphasis(
+    engine, short_auto_distance, monkeypatch, reference, fixed
+):
+    """A far row is the fixed contrast auto stands for (masked γ = 1 unless the request names plain)."""
+    monkeypatch.setattr(decoding, "AUTO_NEAR", "delta")
+    auto = {"contrast": "auto", "contrast_reference": reference}
+    batch = engine.generate_batch([FAR, NEAR], max_new_tokens=8, **auto)
+    far_contrasted = engine.generate(FAR, max_new_tokens=8, **fixed)
     assert far_contrasted.token_ids != engine.generate(FAR, max_new_tokens=8).token_ids, "γ must matter here"
     assert batch[0].token_ids == far_contrasted.token_ids
     assert batch[1].token_ids == engine.generate(NEAR, max_new_tokens=8).token_ids
-    assert "".join(engine.stream(FAR, max_new_tokens=8, contrast="auto")) == far_contrasted.text
+    assert "".join(engine.stream(FAR, max_new_tokens=8, **auto)) == far_contrasted.text
 
 
 def test_auto_can_switch_near_emphasis_off(engine, short_auto_distance, monkeypatch):
@@ -239,7 +251,8 @@ def test_auto_can_switch_near_emphasis_off(engine, short_auto_distance, monkeypa
     assert engine.generate(NEAR, max_new_tokens=8).token_ids != plain.token_ids, "Δ must matter here"
     batch = engine.generate_batch([FAR, NEAR], max_new_tokens=8, contrast="auto")
     assert batch[1].token_ids == plain.token_ids
-    assert batch[0].token_ids == engine.generate(FAR, max_new_tokens=8, contrast=AUTO_CONTRAST).token_ids
+    far = engine.generate(FAR, max_new_tokens=8, contrast=AUTO_MASKED_CONTRAST, contrast_reference="masked")
+    assert batch[0].token_ids == far.token_ids
     measured = engine.generate(NEAR.replace("!!", "?"), max_new_tokens=4, contrast="auto", metric="influence")
     assert measured.influence is not None  # the span is still measured, only its Δ is off
 

@@ -13,10 +13,12 @@ Two tasks, greedy, one batch per (length, position, condition):
 
 Conditions: ``raw`` (no emphasis); ``guide Δ=1``, ``guide Δ=2`` (the paper's GUIDE, every query)
 — the *fixed Δ* baselines; ``output Δ=…`` (``delta_queries="output"``); ``contrast Δ=1 γ=…``
-(``contrast=γ`` on GUIDE at Δ = 1); and ``auto``: ``contrast="auto"`` at Δ = 1, which is GUIDE
-Δ = 1 with γ = 4 where the emphasis ends ≥ 512 tokens before the prompt's end and γ = 0 elsewhere.
-Since that choice is a function of the prompt alone, the ``auto`` row is the record of the setting
-it chooses; ``--auto-run`` also runs it for real and the report counts the identical answers.
+(``contrast=γ`` on GUIDE at Δ = 1); and ``auto``: version 0.3's ``contrast="auto"`` at Δ = 1, which
+is GUIDE Δ = 1 with γ = 4 (plain reference) where the emphasis ends ≥ 512 tokens before the
+prompt's end and γ = 0 elsewhere. Since that choice is a function of the prompt alone, the ``auto``
+row is the record of the setting it chooses; ``--auto-run`` also runs that rule for real and the
+report counts the identical answers. (Today's ``"auto"`` and the other candidates of issue 21 —
+``--variants``, ``--corpus prose`` — are judged by :mod:`.never_hurts`.)
 
 Samples with even index are the **tune** half, odd the **test** half. On the tune half the best
 fixed condition of each cell (task × length × position) is chosen by success rate (ties: fewer
@@ -60,7 +62,7 @@ VARIANTS: dict[str, tuple[float, dict[str, Any], dict[str, Any]]] = {
     "masked Δ=0.01 γ=1.5": (0.01, {"contrast": 1.5, "contrast_reference": "masked"}, {}),
     "contrast Δ=1 γ=4 α=0.1": (
         1.0,
-        {"contrast": "auto"},
+        {"contrast": "auto", "contrast_reference": "plain"},
         {"AUTO_CONTRAST": 4.0, "AUTO_CONTRAST_DISTANCE": 0, "AUTO_PLAUSIBILITY": 0.1},
     ),
 }
@@ -132,7 +134,9 @@ def run(engine: Any, sink: Sink, args: argparse.Namespace) -> None:
 
     table = {label: (*entry, {}) for label, entry in conditions(args.task, args.output_deltas, args.gammas).items()}
     if args.auto_run:
-        table[f"{AUTO} (run)"] = (table["guide Δ=1"][0], {"delta_mid": 1.0, "contrast": "auto"}, {})
+        # 0.3's rule, which the report's `auto` rows look up: plain γ = 4 where far, GUIDE Δ = 1 near
+        auto_03 = {"delta_mid": 1.0, "contrast": "auto", "contrast_reference": "plain"}
+        table[f"{AUTO} (run)"] = (table["guide Δ=1"][0], auto_03, {"AUTO_NEAR": "delta"})
     if args.conditions is not None:
         table = {label: entry for label, entry in table.items() if label in args.conditions}
     target = "instruction" if args.task == "french" else "question"

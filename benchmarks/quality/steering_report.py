@@ -165,8 +165,9 @@ def report(
         "condition (raw, GUIDE Δ = 1 or 2) of each cell, odd-numbered ones are reported. Rates are % "
         "(successes/n, 95 % Wilson interval); p is the exact McNemar test on the paired outcomes against the "
         "cell's best fixed condition. Degenerate = a repeated 3-gram share ≥ 0.5. "
-        f'`auto` is `contrast="auto"` at Δ = 1: γ = 4 where the emphasis ends ≥ {far} tokens before the '
-        "prompt's end, else plain GUIDE Δ = 1; its outcome is the record of the setting it picks.",
+        f'`auto` is version 0.3\'s `contrast="auto"` at Δ = 1: γ = 4 against the plain pass where the emphasis '
+        f"ends ≥ {far} tokens before the prompt's end, else plain GUIDE Δ = 1; its outcome is the record of the "
+        'setting it picks. Today\'s `contrast="auto"` is judged in [never_hurts](../never_hurts/report.md).',
         "",
         "![Success rate per condition and cell, held-out half, 95 % Wilson intervals](success_rate.png)",
         "",

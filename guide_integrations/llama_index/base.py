@@ -154,10 +154,11 @@ class GuideLLM(FunctionCallingLLM):
         "request (0: off); 'auto': no Δ where the emphasis ends near the prompt's end, contrast where it ends "
         "far from it (see the Choosing Δ page).",
     )
-    contrast_reference: Literal["plain", "masked"] = Field(
-        default="plain",
+    contrast_reference: Literal["plain", "masked"] | None = Field(
+        default=None,
         description="What contrast pushes away from: 'plain' (the prompt without Δ) or 'masked' (the prompt "
-        "without the emphasized text, as classifier-free guidance); see the Choosing Δ page.",
+        "without the emphasized text, as classifier-free guidance); None: plain for a fixed γ, masked for "
+        "'auto'. See the Choosing Δ page.",
     )
     max_new_tokens: int = Field(default=256, description="Most tokens to generate per call.")
     temperature: float = Field(default=0.0, description="0 is greedy decoding.")
