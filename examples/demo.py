@@ -4,11 +4,11 @@ Runs offline on the embedded SmolLM2-135M-Instruct:
 
     python examples/demo.py [--max-new-tokens 40] [--delta-mid 1.0] [--skip-long]
 
-The settings shown are the ones the held-out evaluation supports for this model (see
-``docs/choosing-delta.md``): before a 256-token text, the paper's GUIDE at Δ = 1 on the
-instruction; before a 1024-token text, where Δ alone no longer changes the answer, Δ = 1 with
-``contrast="auto"``. Both texts are held-out texts of that evaluation where emphasis changed the
-answer; across all of them the rates printed below are what to expect.
+It shows the default (the paper's GUIDE at Δ = 1 on the tagged instruction) on a short and on a
+long prompt, and on the long one the setting the held-out evaluation recommends there,
+``contrast="auto"`` (see ``docs/choosing-delta.md``). Both texts are held-out texts of that
+evaluation where emphasis changed the answer; the rates printed beside them, over all held-out
+texts of two corpora, are what to expect.
 """
 
 from __future__ import annotations
@@ -43,15 +43,17 @@ LONG_TEXT = (Path(__file__).parent / "texts" / "held-out-1024.txt").read_text(en
 LONG_PROMPT = f"<!!->Summarize this text in French.<-!!>\n\n{escape_tags(LONG_TEXT)}"
 EVIDENCE = (
     "This text was picked from the held-out half of the evaluation because emphasis changed the answer. Over all\n"
-    "12 held-out texts of 256 tokens with the instruction first: French in 8/12 answers without emphasis and in\n"
-    "11/12 at Δ = 1 (3 wins, 0 losses; exact McNemar p = 0.25: a lead, not proof)."
+    "held-out texts of 256 tokens with the instruction first, French answers without emphasis → with the default:\n"
+    "8/12 → 11/12 on the Python documentation, 11/12 → 12/12 on the project's prose (a lead, not proof: p ≥ 0.25)."
 )
 LONG_EVIDENCE = (
-    "Also a held-out text where emphasis changed the answer. Over the 12 held-out texts of 1024 tokens with the\n"
-    "instruction first: French in 0/12 answers without emphasis, 0/12 at Δ = 1, and 8/12 with contrast (8 wins,\n"
-    '0 losses, p = 0.008). contrast="auto" contrasts only where the emphasis ends ≥ 512 tokens before the\n'
-    "prompt's end (it costs a second batch row there). It is for instructions like this one: on a question\n"
-    "whose answer is in the text it hurt (needle task: 10/12 → 3/12). See docs/choosing-delta.md."
+    "Also a held-out text where emphasis changed the answer. Over the held-out texts of 1024 tokens with the\n"
+    'instruction first, French answers without emphasis / with the default / with contrast="auto":\n'
+    "0/12, 0/12, 6/12 on the Python documentation and 0/12, 3/12, 7/12 on the project's prose. Far from the\n"
+    'end the default barely moves the answer; contrast="auto" (a second batch row, only for emphasis ≥ 512\n'
+    "tokens before the end) does, for questions as well (needle at 2048 tokens: 0/12 → 11/12). For an\n"
+    "instruction like this one, contrast=4 does more (8/12 and 10/12) but fails questions (3/12 where no\n"
+    "emphasis finds 11/12). See docs/choosing-delta.md."
 )
 
 
@@ -97,7 +99,7 @@ def main() -> None:
     guided = generate(engine, PROMPT, f"GUIDE, Δ = {args.delta_mid:g}", delta_mid=args.delta_mid, **options)
     span = guided.spans[0]
     print(f"\nEmphasized: {span.text.strip()!r}, tokens {span.token_start}-{span.token_end}, Δ = {span.delta:g}\n")
-    side_by_side("No emphasis", plain.text, f"GUIDE, Δ = {span.delta:g}", guided.text)
+    side_by_side("No emphasis", plain.text, f"GUIDE, Δ = {span.delta:g} (the default)", guided.text)
     print(f"\n{EVIDENCE}")
     print("SmolLM2-135M's French is poor: emphasis changes which language it answers in, not how well it writes.")
 
@@ -107,7 +109,8 @@ def main() -> None:
         alone = generate(engine, LONG_PROMPT, f"GUIDE, Δ = {args.delta_mid:g}", delta_mid=args.delta_mid, **options)
         auto = generate(engine, LONG_PROMPT, 'contrast="auto"', delta_mid=args.delta_mid, contrast="auto", **options)
         print()
-        side_by_side(f"GUIDE, Δ = {args.delta_mid:g}", alone.text, 'GUIDE, Δ = 1, contrast="auto"', auto.text)
+        default = f"GUIDE, Δ = {args.delta_mid:g} (the default)"
+        side_by_side(default, alone.text, 'GUIDE, Δ = 1, contrast="auto"', auto.text)
         print(f"\n{LONG_EVIDENCE}")
 
     print("\nStreaming, with a level-1 tag:")

@@ -58,7 +58,7 @@ DELTA_QUERIES: tuple[str, ...] = get_args(DeltaQueries)
 Contrast = float | Literal["auto"]
 
 AUTO_CONTRAST = 4.0
-"""γ that ``contrast="auto"`` uses for a prompt whose emphasis lies far from its end."""
+"""γ that ``contrast="auto", contrast_reference="plain"`` uses for far emphasis (0.3's rule)."""
 AUTO_CONTRAST_DISTANCE = 512
 """Tokens between the last emphasized token and the prompt's end from which ``"auto"`` contrasts.
 

@@ -38,11 +38,11 @@ MASKED = "masked Δ=1 γ=1"  # the far branch chosen on the tune half (needle an
 MODES: dict[str, tuple[str, str]] = {
     "no emphasis": ("raw", "raw"),
     "GUIDE Δ=1 (the default)": ("guide Δ=1", "guide Δ=1"),
-    'contrast="auto" (0.3)': ("guide Δ=1", "contrast Δ=1 γ=4"),
-    "near off, far contrast": ("raw", "contrast Δ=1 γ=4"),
+    "auto 0.3 (far: plain γ=4)": ("guide Δ=1", "contrast Δ=1 γ=4"),
+    'contrast="auto" (far: masked γ=1)': ("guide Δ=1", MASKED),
     "near off, far masked": ("raw", MASKED),
 }
-CANDIDATES = ("near off, far masked", "near off, far contrast")
+CANDIDATES = ('contrast="auto" (far: masked γ=1)', "near off, far masked", "auto 0.3 (far: plain γ=4)")
 BASELINE = "no emphasis"
 TASKS = {"french": "French", "needle": "needle"}
 
@@ -233,7 +233,8 @@ def plot(records: Sequence[dict[str, Any]], path: str) -> None:
     rows = with_modes(records)
     panels = sorted({(cell_key(r)[0], r["task"]) for r in rows})
     figure, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), sharey=True, squeeze=False)
-    colours = ["#8c8c8c", "#4c72b0", "#dd8452", "#55a868"]
+    colours = ["#8c8c8c", "#4c72b0", "#dd8452", "#55a868", "#c44e52"]
+    assert len(colours) >= len(MODES), "one colour per mode"
     for axis, (corpus, task) in zip(axes[0], panels):
         cells = sorted(
             {(r["length"], r["position"]) for r in rows if (cell_key(r)[0], r["task"]) == (corpus, task)},
@@ -248,7 +249,7 @@ def plot(records: Sequence[dict[str, Any]], path: str) -> None:
                     continue
                 success = result["mine"]
                 low, high = success.interval
-                xs.append(index + (offset - 1.5) * 0.18)
+                xs.append(index + (offset - (len(MODES) - 1) / 2) * 0.15)
                 ys.append(success.value)
                 errors[0].append(max(0.0, success.value - low))
                 errors[1].append(max(0.0, high - success.value))

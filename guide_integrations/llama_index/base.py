@@ -151,8 +151,8 @@ class GuideLLM(FunctionCallingLLM):
     contrast: float | Literal["auto"] = Field(
         default=0.0,
         description="γ of contrastive emphasis: each token from l_Δ + γ (l_Δ − l_0), one extra batch row per "
-        "request (0: off); 'auto': no Δ where the emphasis ends near the prompt's end, contrast where it ends "
-        "far from it (see the Choosing Δ page).",
+        "request (0: off); 'auto': contrast only where the emphasis ends ≥ 512 tokens before the prompt's end "
+        "(see the Choosing Δ page).",
     )
     contrast_reference: Literal["plain", "masked"] | None = Field(
         default=None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from benchmarks.quality.never_hurts import CANDIDATES, MASKED, report, with_modes
 
-CANDIDATE = CANDIDATES[0]  # near → raw, far → MASKED
+CANDIDATE = CANDIDATES[1]  # near → raw, far → MASKED
 
 
 def _record(condition, sample, success, *, length, position, distance, corpus="prose"):
