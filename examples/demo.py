@@ -51,9 +51,8 @@ LONG_EVIDENCE = (
     'instruction first, French answers without emphasis / with the default / with contrast="auto":\n'
     "0/12, 0/12, 6/12 on the Python documentation and 0/12, 3/12, 7/12 on the project's prose. Far from the\n"
     'end the default barely moves the answer; contrast="auto" (a second batch row, only for emphasis ≥ 512\n'
-    "tokens before the end) does, for questions as well (needle at 2048 tokens: 0/12 → 11/12). For an\n"
-    "instruction like this one, contrast=4 does more (8/12 and 10/12) but fails questions (3/12 where no\n"
-    "emphasis finds 11/12). See docs/choosing-delta.md."
+    "tokens before the end) does, for instructions like this one. contrast=4 does more here (8/12 and\n"
+    "10/12) but fails questions (3/12 where no emphasis finds 11/12). See docs/choosing-delta.md."
 )
 
 

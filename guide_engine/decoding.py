@@ -9,7 +9,7 @@ request without tags computes exactly what ``generate`` computes.
 from __future__ import annotations
 
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,7 +31,6 @@ from .options import (
     AUTO_CONTRAST,
     AUTO_CONTRAST_DISTANCE,
     AUTO_MASKED_CONTRAST,
-    AUTO_NEAR,
     AUTO_PLAUSIBILITY,
     AUTO_REFERENCE,
     Contrast,
@@ -84,14 +83,11 @@ class ContrastPlan:
     """How the rows of one request are decoded under ``contrast``.
 
     Attributes:
-        rows: the prompts as the attention state sees them (a row ``"auto"`` decodes without Δ
-            has its Δ set to 0; its spans and influence mask are kept).
         gammas: γ of each row (0 = the row's own logits).
         reference: what the twins hold (see :data:`~guide_engine.options.ContrastReference`).
         plausibility: α of the plausibility constraint on contrasted rows (0 = none).
     """
 
-    rows: list[EncodedPrompt]
     gammas: list[float]
     reference: ContrastReference = "plain"
     plausibility: float = 0.0
@@ -103,12 +99,9 @@ def contrast_plan(
     """The plan of a request: a fixed γ for every row (against ``reference``, ``"plain"`` if
     ``None``), or ``"auto"``'s choice per row (against :data:`AUTO_REFERENCE` if ``None``)."""
     if contrast != "auto":
-        return ContrastPlan(list(encoded), [float(contrast)] * len(encoded), reference or "plain")
+        return ContrastPlan([float(contrast)] * len(encoded), reference or "plain")
     reference = reference or AUTO_REFERENCE
-    rows = [
-        e if AUTO_NEAR == "delta" or _far(e) else replace(e, token_deltas=[0.0] * len(e.token_deltas)) for e in encoded
-    ]
-    return ContrastPlan(rows, [contrast_of(e, "auto", reference) for e in encoded], reference, AUTO_PLAUSIBILITY)
+    return ContrastPlan([contrast_of(e, "auto", reference) for e in encoded], reference, AUTO_PLAUSIBILITY)
 
 
 def logits_processors(sampling: SamplingConfig) -> LogitsProcessorList:

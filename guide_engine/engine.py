@@ -384,7 +384,7 @@ class GuideEngine:
             self.model,
             ids,
             attention_mask,
-            build_state(plan.rows, request, ids.shape[1], device),
+            build_state(encoded, request, ids.shape[1], device),
             request.sampling,
             self._token_budget(encoded, request),
             self.pad_id,

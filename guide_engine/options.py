@@ -19,7 +19,6 @@ __all__ = [
     "AUTO_CONTRAST_DISTANCE",
     "AUTO_MASKED_CONTRAST",
     "AUTO_REFERENCE",
-    "AUTO_NEAR",
     "AUTO_PLAUSIBILITY",
     "CONTRAST_REFERENCES",
     "ContrastReference",
@@ -81,9 +80,6 @@ AUTO_PLAUSIBILITY = 0.0
 """Research setting, not an option: α of a plausibility constraint on ``"auto"``'s contrasted rows,
 which may then only pick tokens whose emphasized probability is ≥ α × the largest (0 = none). It
 was tried at α = 0.1 (Li et al. 2023) and lost on both tasks (docs/choosing-delta.md)."""
-AUTO_NEAR: Literal["delta", "off"] = "delta"
-"""What ``"auto"`` does with emphasis nearer the end than :data:`AUTO_CONTRAST_DISTANCE`: keep Δ
-(``"delta"``) or decode the prompt without Δ (``"off"``)."""
 
 FinishReason = Literal["stop", "length", "tool_calls", "timeout"]
 Layers = Literal["all"] | Sequence[int]
@@ -155,7 +151,7 @@ class RequestOptions:
     fixed γ) or ``"masked"`` (the emphasized text hidden; :data:`AUTO_REFERENCE`, the default of
     ``"auto"``). ``"auto"`` contrasts the prompts whose last emphasized token lies at least
     :data:`AUTO_CONTRAST_DISTANCE` tokens before their end (γ = :data:`AUTO_MASKED_CONTRAST` against
-    masked, :data:`AUTO_CONTRAST` against plain) and treats the others as :data:`AUTO_NEAR` says.
+    masked, :data:`AUTO_CONTRAST` against plain) and decodes the others with their Δ, uncontrasted.
     """
 
     max_new_tokens: int

@@ -233,7 +233,6 @@ def test_auto_contrast_contrasts_exactly_the_rows_with_far_emphasis(
     engine, short_auto_distance, monkeypatch, reference, fixed
 ):
     """A far row is the fixed contrast auto stands for (masked γ = 1 unless the request names plain)."""
-    monkeypatch.setattr(decoding, "AUTO_NEAR", "delta")
     auto = {"contrast": "auto", "contrast_reference": reference}
     batch = engine.generate_batch([FAR, NEAR], max_new_tokens=8, **auto)
     far_contrasted = engine.generate(FAR, max_new_tokens=8, **fixed)
@@ -241,20 +240,6 @@ def test_auto_contrast_contrasts_exactly_the_rows_with_far_emphasis(
     assert batch[0].token_ids == far_contrasted.token_ids
     assert batch[1].token_ids == engine.generate(NEAR, max_new_tokens=8).token_ids
     assert "".join(engine.stream(FAR, max_new_tokens=8, **auto)) == far_contrasted.text
-
-
-def test_auto_can_switch_near_emphasis_off(engine, short_auto_distance, monkeypatch):
-    """With AUTO_NEAR = "off", a near row decodes as the untagged prompt, also beside a far row."""
-    monkeypatch.setattr(decoding, "AUTO_NEAR", "off")
-    untagged = NEAR.replace("<!!->", "").replace("<-!!>", "")
-    plain = engine.generate(untagged, max_new_tokens=8)
-    assert engine.generate(NEAR, max_new_tokens=8).token_ids != plain.token_ids, "Δ must matter here"
-    batch = engine.generate_batch([FAR, NEAR], max_new_tokens=8, contrast="auto")
-    assert batch[1].token_ids == plain.token_ids
-    far = engine.generate(FAR, max_new_tokens=8, contrast=AUTO_MASKED_CONTRAST, contrast_reference="masked")
-    assert batch[0].token_ids == far.token_ids
-    measured = engine.generate(NEAR.replace("!!", "?"), max_new_tokens=4, contrast="auto", metric="influence")
-    assert measured.influence is not None  # the span is still measured, only its Δ is off
 
 
 # ------------------------------------------------------------------------------------ bad input

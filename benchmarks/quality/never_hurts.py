@@ -273,7 +273,8 @@ def main() -> None:
         Sink(args.python_records, resume=True).records
         + Sink(os.path.join(args.out, "records.jsonl"), resume=True).records
     )
-    runs = Sink(os.path.join(args.out, "runs.jsonl"), resume=True).records
+    steering_runs = os.path.join(os.path.dirname(args.python_records), "runs.jsonl")
+    runs = Sink(steering_runs, resume=True).records + Sink(os.path.join(args.out, "runs.jsonl"), resume=True).records
     markdown, data = report(records, runs)
     with open(os.path.join(args.out, "report.md"), "w", encoding="utf-8") as handle:
         handle.write(markdown + "\n")

@@ -34,6 +34,7 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -136,7 +137,7 @@ def run(engine: Any, sink: Sink, args: argparse.Namespace) -> None:
     if args.auto_run:
         # 0.3's rule, which the report's `auto` rows look up: plain γ = 4 where far, GUIDE Δ = 1 near
         auto_03 = {"delta_mid": 1.0, "contrast": "auto", "contrast_reference": "plain"}
-        table[f"{AUTO} (run)"] = (table["guide Δ=1"][0], auto_03, {"AUTO_NEAR": "delta"})
+        table[f"{AUTO} (run)"] = (table["guide Δ=1"][0], auto_03, {})
     if args.conditions is not None:
         table = {label: entry for label, entry in table.items() if label in args.conditions}
     target = "instruction" if args.task == "french" else "question"
@@ -277,7 +278,7 @@ def main() -> None:
         else:
             run(engine, sink, args)
         minutes = (time.time() - started) / 60
-        command = "python -m benchmarks.quality.steering " + " ".join(sys.argv[1:])
+        command = "python -m benchmarks.quality.steering " + shlex.join(sys.argv[1:])
         runs.add([{"key": f"{len(runs.records)}", "command": command, "minutes": round(minutes, 1)}])
         print(f"ran in {minutes:.1f} min", file=sys.stderr)
     markdown, data = report(sink.records, scores.records, runs.records)
