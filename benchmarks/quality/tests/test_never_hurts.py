@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 from benchmarks.quality.never_hurts import CANDIDATES, MASKED, report, with_modes
+from benchmarks.quality.tests.records import steering_record
 
 CANDIDATE = CANDIDATES[1]  # near → raw, far → MASKED
 
 
-def _record(condition, sample, success, *, length, position, distance, corpus="prose"):
-    return {
-        "corpus": corpus,
-        "task": "needle",
-        "length": length,
-        "position": position,
-        "condition": condition,
-        "sample": sample,
-        "half": "tune" if sample % 2 == 0 else "test",
-        "distance": distance,
-        "text": f"{condition} {sample}",
-        "success": success,
-        "degenerate": False,
-    }
+def _record(condition, sample, success, *, length, position, distance):
+    return steering_record(
+        condition, sample, success, task="needle", length=length, position=position, distance=distance, corpus="prose"
+    )
 
 
 def _cell(length: int, position: str, distance: int, raw: list[bool], masked: list[bool]) -> list[dict]:

@@ -6,21 +6,7 @@ import pytest
 import torch
 
 from benchmarks.quality.steering_report import AUTO, AUTO_SOURCE, PLAIN_SOURCE, compare, report, with_auto
-
-
-def _record(condition, sample, success, *, distance=None, position="before", length=512, degenerate=False):
-    return {
-        "task": "french",
-        "length": length,
-        "position": position,
-        "condition": condition,
-        "sample": sample,
-        "half": "tune" if sample % 2 == 0 else "test",
-        "distance": distance,
-        "text": f"{condition} {sample}",
-        "success": success,
-        "degenerate": degenerate,
-    }
+from benchmarks.quality.tests.records import steering_record as _record
 
 
 def _cell(position: str, distance: int) -> list[dict]:
