@@ -176,11 +176,12 @@ class GuideAttentionState:
             row = row * self.head_selector(num_heads, row)  # (batch, heads, 1, cache_len)
         return replace(self, key_bias=None, pad_offsets=None, query_from=None, step_bias=row.to(dtype), _head_cache={})
 
-    def with_plain_twins(self, reference: str = "plain") -> GuideAttentionState:
+    def with_reference_twins(self, reference: str = "plain") -> GuideAttentionState:
         """This state for a batch of twice the rows: the rows as they are, then their references.
 
         ``reference="plain"``: the same rows without Δ; ``"masked"``: the emphasized keys (Δ > 0)
-        hidden (bias −:data:`MAX_ABS_BIAS`) and the others plain, as if the span were not there.
+        hidden (bias −:data:`MAX_ABS_BIAS`, in the layers and heads that get Δ) and the others
+        plain, as if the span were not there.
         """
         bias = self.key_bias
         if bias is not None:

@@ -332,7 +332,8 @@ def decode_steps(
     allowed token among the candidates.
 
     With ``contrast`` = γ > 0 (and a Δ to contrast), every row runs twice in one batch — as it is
-    and without Δ, each with its own cache — and the step's logits are ``l_Δ + γ (l_Δ − l_0)``;
+    and as its reference, without Δ, each with its own cache — and the step's logits are
+    ``l_Δ + γ (l_Δ − l_0)``;
     both copies are then fed the chosen token. A sequence gives each row its own γ (the twins run
     when any is > 0; a row with γ = 0 gets exactly ``l_Δ``). With ``reference="masked"`` the twin
     hides the emphasized tokens instead of dropping Δ, so ``l_0`` is the prompt without the span.
@@ -363,8 +364,8 @@ def decode_steps(
     )[:, None]  # (batch, 1)
     twins = False
     if state is not None and state.key_bias is not None and bool((gamma > 0).any()):
-        twins = True  # rows [0, batch) with Δ, rows [batch, 2·batch) without
-        state = state.with_plain_twins(reference)
+        twins = True  # rows [0, batch) with Δ, rows [batch, 2·batch) their references
+        state = state.with_reference_twins(reference)
         input_ids, attention_mask = input_ids.repeat(2, 1), attention_mask.repeat(2, 1)
     rows, width = input_ids.shape
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
