@@ -185,8 +185,9 @@ class GuideAttentionState:
         """
         bias = self.key_bias
         if bias is not None:
-            hidden = torch.where(bias > 0, -MAX_ABS_BIAS, 0.0).to(bias.dtype)
-            bias = torch.cat([bias, hidden if reference == "masked" else torch.zeros_like(bias)])
+            masked = reference == "masked"
+            twin = torch.where(bias > 0, -MAX_ABS_BIAS, 0.0).to(bias.dtype) if masked else torch.zeros_like(bias)
+            bias = torch.cat([bias, twin])
         pads = None if self.pad_offsets is None else torch.cat([self.pad_offsets, self.pad_offsets])
         return GuideAttentionState(bias, self.layers, self.heads, pads, None, self.query_from)
 

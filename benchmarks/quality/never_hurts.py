@@ -146,9 +146,9 @@ def report(records: Sequence[dict[str, Any]], runs: Sequence[dict[str, Any]] = (
         if not n:
             continue
         far = min((r["distance"] for r in cell if r.get("distance") is not None), default=0) >= FAR
+        against_raw = {mode: paired(cell, mode, BASELINE) for mode in MODES}
         entries = []
-        for mode in MODES:
-            result = paired(cell, mode, BASELINE)
+        for mode, result in against_raw.items():
             degenerate = sum(r["degenerate"] for r in test_rows(cell, mode).values())
             entries.append("–" if result is None else _count(result["mine"], degenerate))
         best = best_fixed(cell)
@@ -165,7 +165,7 @@ def report(records: Sequence[dict[str, Any]], runs: Sequence[dict[str, Any]] = (
         overview.append(head + " | ".join(entries) + f" | {best_text} |")
         entry: dict[str, Any] = {
             "far": far,
-            "modes": {mode: _counts(result) for mode in MODES if (result := paired(cell, mode, BASELINE))},
+            "modes": {mode: _counts(result) for mode, result in against_raw.items() if result is not None},
             "best_fixed": best,
         }
         for candidate in CANDIDATES:
