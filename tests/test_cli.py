@@ -17,7 +17,7 @@ import typer
 from typer.testing import CliRunner
 
 import guide_engine.cli as engine_cli
-from guide_engine import GuideError, InfluenceResult, ModelLoadError, TagError, shared_engine
+from guide_engine import GuideEngine, GuideError, InfluenceResult, ModelLoadError, TagError, shared_engine
 from guide_engine.cli import app
 from guide_integrations.cli import ENGINE_COMMANDS, engine_commands
 from guide_integrations.cli import app as guide_app
@@ -166,7 +166,7 @@ def test_the_gguf_header_reader_equals_gguf_s_own_reader(tmp_path: Path) -> None
     assert values == scalars
     assert engine_cli.gguf_sizes("tiny", str(path)) == engine_cli.ModelSizes(5, 6, 77)
     (tmp_path / "bad.gguf").write_bytes(b"GGUF\x03\x00\x00\x00\x01")
-    with pytest.raises(ModelLoadError, match="^could not read the config of model 'x': the file ends inside its GGUF"):
+    with pytest.raises(ModelLoadError, match="^could not load model 'x': the file ends inside its GGUF"):
         engine_cli.gguf_sizes("x", str(tmp_path / "bad.gguf"))
     (tmp_path / "text.gguf").write_text("hello")
     with pytest.raises(ModelLoadError, match=r"'x': not a GGUF file \(it does not start with 'GGUF'\)"):
@@ -211,14 +211,25 @@ def test_bad_input_fails_before_the_model_loads_with_a_command_line_message(no_l
 def test_an_unreadable_model_fails_before_loading(no_loading, tmp_path: Path) -> None:
     result = invoke("generate", PROMPT, "--model", str(tmp_path))
     assert result.exit_code == 2
-    assert result.stderr.startswith(f"error: could not read the config of model {str(tmp_path)!r}: ")
-    assert result.stderr.endswith("(the hub is not reached when HF_HUB_OFFLINE=1)\n")
+    assert result.stderr.startswith(f"error: could not load model {str(tmp_path)!r}: ")
+    assert result.stderr.endswith("a hub id that is in the local Hugging Face cache\n")
     assert len(result.stderr.splitlines()) == 1
     result = invoke("generate", PROMPT, "--model", str(tmp_path / "x.gguf"))
     assert (result.exit_code, result.stderr) == (
         2,
         f"error: model {str(tmp_path / 'x.gguf')!r} ends in .gguf but there is no such file\n",
     )
+
+
+@pytest.mark.parametrize("model", ["/no/such/folder", "no/such/../folder", "nosuch/repo"])
+def test_a_missing_model_gets_the_python_apis_message(no_loading, model: str) -> None:
+    """The command says what ``GuideEngine.from_pretrained`` says (a path: "there is no such folder")."""
+    with pytest.raises(ModelLoadError) as python_api:
+        GuideEngine.from_pretrained(model)
+    result = invoke("generate", "Hi", "--model", model)
+    assert (result.exit_code, result.stderr) == (2, f"error: {python_api.value}\n")
+    if model.startswith("/"):
+        assert result.stderr.startswith(f"error: could not load model {model!r}: there is no such folder. Pass ")
 
 
 def test_layers_are_checked_against_a_folder_models_own_config(no_loading, tiny_folder: Path) -> None:
