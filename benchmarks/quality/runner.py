@@ -6,7 +6,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,10 +34,16 @@ class Grid:
 
 
 class Sink:
-    """Appends one JSON record per line; with ``resume`` the records already there are kept and skipped."""
+    """Appends one JSON record per line; with ``resume`` the records already there are kept and skipped.
 
-    def __init__(self, path: str, *, resume: bool) -> None:
+    ``identity`` names a record in ``done`` (default: its ``"key"``).
+    """
+
+    def __init__(
+        self, path: str, *, resume: bool, identity: Callable[[dict[str, Any]], Hashable] | None = None
+    ) -> None:
         self.path = path
+        self.identity = identity or (lambda record: record["key"])
         self.records: list[dict[str, Any]] = []
         if resume and os.path.exists(path):
             with open(path, encoding="utf-8") as handle:
@@ -45,7 +51,7 @@ class Sink:
         else:
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
             open(path, "w").close()
-        self.done = {record["key"] for record in self.records}
+        self.done = {self.identity(record) for record in self.records}
 
     def rewrite(self) -> None:
         """Write every record again (after records were changed in place)."""
@@ -54,7 +60,7 @@ class Sink:
     def add(self, records: Sequence[dict[str, Any]]) -> None:
         self._write(records, "a")
         self.records.extend(records)
-        self.done.update(record["key"] for record in records)
+        self.done.update(self.identity(record) for record in records)
 
     def _write(self, records: Sequence[dict[str, Any]], mode: str) -> None:
         with open(self.path, mode, encoding="utf-8") as handle:
