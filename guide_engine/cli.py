@@ -7,6 +7,10 @@ config (read alone, see :func:`read_model_sizes`), output paths, the plots extra
 so repeated in-process calls (tests, a notebook driving the CLI) reuse one loaded model. Bad input
 prints one line to stderr and exits with status 2, without a traceback.
 
+This module imports no torch at its top (nor do the modules it imports there: errors, tags,
+options, loading), so the console script checks a command line before importing torch and
+transformers (seconds): :func:`load_engine` imports them, once the input has passed.
+
 The installed ``guide`` command is :mod:`guide_integrations.cli`: these commands, ``guide serve``
 and ``--version``, with ``guide --help`` answered without importing torch.
 """
@@ -34,7 +38,6 @@ except ImportError as missing:  # the console script is installed even without t
     ) from missing
 from .loading import load_error, resolve_model
 from .options import CONTRAST_REFERENCES, DELTA_QUERIES, METRICS, EngineDefaults, check_option, request_options
-from .registry import shared_engine
 from .tags import Span, parse_tags
 
 app = typer.Typer(
@@ -351,10 +354,32 @@ def gguf_sizes(model: str, path: str) -> ModelSizes:
 # ------------------------------------------------------------------------------- loading, output
 
 
-def load_engine(model: str, gguf_file: str | None) -> Any:
-    """The shared engine for ``model`` (only options the user set become load keywords)."""
+def load_engine(model: str, gguf_file: str | None, *, threads: int | None = None, verbose: bool = False) -> Any:
+    """The shared engine for ``model`` (only options the user set become load keywords).
+
+    The first call imports torch, transformers and the rest of :mod:`guide_engine`. ``threads`` sets
+    torch's CPU threads for the whole process; transformers' progress bars ("Loading weights") show
+    only when ``verbose``.
+    """
+    package = sys.modules[__package__]
+    if not hasattr(package, "shared_engine"):  # the console script imported this module before the package's
+        importlib.reload(package)  # __init__ ran (guide_integrations.cli.engine_commands): run it now
+    import torch
+    from transformers.utils import logging as transformers_logging
+
+    from .registry import shared_engine
+
+    if threads is not None:
+        torch.set_num_threads(threads)
     load_kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-    return shared_engine(None if model == "default" else model, **load_kwargs)
+    bars = transformers_logging.is_progress_bar_enabled()
+    if not verbose:
+        transformers_logging.disable_progress_bar()
+    try:
+        return shared_engine(None if model == "default" else model, **load_kwargs)
+    finally:
+        if bars and not verbose:
+            transformers_logging.enable_progress_bar()
 
 
 def stream_text(engine: Any, prompt: Any, **options: Any) -> Any:
@@ -462,6 +487,16 @@ SystemOpt = typer.Option(
 PenaltyOpt = typer.Option(
     1.0, "--repetition-penalty", parser=number, help="Above 1 discourages repeats (transformers' own); 1 = off."
 )
+ThreadsOpt = typer.Option(
+    None,
+    "--threads",
+    parser=positive_whole_number,
+    metavar="<n>",
+    help="CPU threads for torch (default: torch's own, one per core). On a shared or busy machine 1 can be "
+    "many times faster; see docs/engine.md.",
+    show_default=False,
+)
+VerboseOpt = typer.Option(False, "--verbose", help="Show transformers' progress bars while the model loads.")
 JsonOpt = typer.Option(
     False,
     "--json",
@@ -516,6 +551,8 @@ def generate(
         help="What contrast pushes away from: plain (the prompt without Δ; a fixed γ's default) or masked "
         "(without the emphasized text; auto's default).",
     ),
+    threads: int | None = ThreadsOpt,
+    verbose: bool = VerboseOpt,
 ) -> None:
     """Generate a completion of a tagged prompt, streaming the text to stdout."""
     try:
@@ -539,7 +576,7 @@ def generate(
         n = sizes.num_layers
         check_layer_range("--layers", layer_list, range(-n, n), f"0..{n - 1} (negative indices count from the end)")
         options = checked_options(options, sizes)
-        engine = load_engine(model, gguf_file)
+        engine = load_engine(model, gguf_file, threads=threads, verbose=verbose)
         if as_json:
             result = engine.generate(text, **options)
             typer.echo(json.dumps(result_json(result, model), ensure_ascii=False, indent=2))
@@ -582,6 +619,8 @@ def influence(
     gguf_file: str | None = GgufOpt,
     system: str | None = SystemOpt,
     repetition_penalty: float = PenaltyOpt,
+    threads: int | None = ThreadsOpt,
+    verbose: bool = VerboseOpt,
 ) -> None:
     """Generate, then measure how much the <?-> span influences each token.
 
@@ -606,7 +645,7 @@ def influence(
         n = sizes.num_layers
         check_layer_range("--layers-to-plot", plot_layers, range(-1, n), f"-1..{n - 1}")
         options = checked_options(options, sizes)
-        engine = load_engine(model, gguf_file)
+        engine = load_engine(model, gguf_file, threads=threads, verbose=verbose)
         if as_json:
             result = engine.generate(text, **options)
             typer.echo(json.dumps(result_json(result, model), ensure_ascii=False, indent=2))

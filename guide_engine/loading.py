@@ -4,6 +4,9 @@ The embedded model ships as a GGUF file, which transformers parses three times o
 (config, tokenizer, weights: about 20 s). So it is dequantized once into a safetensors folder,
 cached by the file's content hash (:func:`converted_gguf_folder`), and every later load reads that
 folder like any other. vLLM serves the same folder.
+
+Importing this module imports neither torch nor transformers (the functions that load do), so the
+``guide`` command resolves a model and reads its config before paying for them.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .attention import ATTENTION_NAME
 from .errors import GuideValueError, MissingDependencyError, ModelLoadError
 
 __all__ = [
@@ -271,6 +273,8 @@ def load_model_and_tokenizer(
     imported.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .attention import ATTENTION_NAME  # torch: this module imports it only to load (the CLI's checks don't)
 
     name, gguf = resolve_model(model, gguf_file)
     if is_embedded_model(name, gguf):

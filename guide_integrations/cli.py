@@ -7,13 +7,17 @@ import the integrations, so the command that serves through vLLM is added here a
 Importing :mod:`guide_engine` imports torch and transformers (seconds), so this module does not:
 the engine's commands are looked up when one of them runs (or its own ``--help`` is asked for),
 and ``guide --help`` lists them from :data:`ENGINE_COMMANDS`. ``guide --help`` and
-``guide --version`` thus cost about as much as importing typer.
+``guide --version`` thus cost about as much as importing typer. The engine's commands check their
+command line before torch is imported too (:func:`engine_commands`), so bad input is answered at
+once.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import importlib.util
+import sys
 from typing import Any
 
 import typer
@@ -33,9 +37,19 @@ ENGINE_COMMANDS = {
 
 @functools.cache
 def engine_commands() -> dict[str, Any]:
-    """The click commands of :mod:`guide_engine.cli` (importing it imports torch and transformers)."""
-    from guide_engine.cli import app as engine_app
+    """The click commands of :mod:`guide_engine.cli`, imported without torch.
 
+    :mod:`guide_engine`'s ``__init__`` imports torch and transformers (seconds, to register its
+    attention on import), but its command module and the modules it imports at its top (errors,
+    tags, options, loading) need neither. When :mod:`guide_engine` is not imported yet, its package
+    is therefore created from its spec without running ``__init__``: the commands check the command
+    line first, and :func:`guide_engine.cli.load_engine` runs ``__init__`` before it loads a model.
+    """
+    if "guide_engine" not in sys.modules:
+        spec = importlib.util.find_spec("guide_engine")
+        if spec is not None:
+            sys.modules["guide_engine"] = importlib.util.module_from_spec(spec)
+    engine_app = importlib.import_module("guide_engine.cli").app
     return dict(typer.main.get_group(engine_app).commands)
 
 

@@ -120,7 +120,7 @@ def test_a_bad_json_schema_exits_2_before_loading_a_model() -> None:
 def no_loading(monkeypatch):
     """Make loading a model fail the test: every error below must come before it."""
 
-    def load_engine(model, gguf_file):
+    def load_engine(model, gguf_file, **settings):
         pytest.fail(f"the model {model!r} was loaded although the input is bad")
 
     monkeypatch.setattr(engine_cli, "load_engine", load_engine)
@@ -264,7 +264,7 @@ def test_max_new_tokens_beyond_the_context_is_capped_with_a_warning_before_loadi
     assert engine_cli.cap_max_new_tokens(10**9, None) == 10**9
     loads = []
 
-    def load_engine(model, gguf_file):
+    def load_engine(model, gguf_file, **settings):
         loads.append(model)
         raise GuideError("stopped where the model would load")
 
@@ -287,9 +287,9 @@ def test_max_new_tokens_beyond_the_context_generates_until_the_context_is_full(t
     """A tiny random model (context 40) never stops by itself: it gets 40 minus the prompt's tokens."""
     result = invoke("generate", "Hello", "--model", str(tiny_folder), "--max-new-tokens", "1000", "--json")
     assert result.exit_code == 0, result.stderr
-    assert result.stderr.splitlines()[0] == (  # then transformers' "Loading weights" bar
+    assert result.stderr == (  # and no "Loading weights" bar without --verbose
         "warning: --max-new-tokens 1000 is more than the model's context of 40 tokens allows; "
-        "the answer stops where prompt and answer fill the context"
+        "the answer stops where prompt and answer fill the context\n"
     )
     data = json.loads(result.stdout)
     assert data["prompt_tokens"] + data["completion_tokens"] == 40
@@ -353,6 +353,74 @@ def test_help_and_version_import_no_torch(flag: str) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "[]"
     assert ("Commands:" if flag == "--help" else "guide-attention ") in done.stdout
+
+
+MODEL_FREE_ERRORS = {
+    ("generate", ""): "error: PROMPT is empty: give the text to send, or '-' to read it from stdin",
+    ("generate", BAD_TAGS): "error: closing tag '<-!>' at position 25",
+    ("generate", PROMPT, "--layers", "1,x"): "error: --layers must be 'all' or comma-separated layer indices",
+    ("generate", PROMPT, "--temperature=-1"): "error: --temperature must be >= 0 (0 = greedy), got -1.0",
+    ("generate", PROMPT, "--top-p", "1.5"): "error: --top-p must be in (0, 1], got 1.5",
+    ("generate", PROMPT, "--threads", "0"): "Error: Invalid value for '--threads': '0' is not a whole number >= 1",
+    ("influence", "no span here"): "error: guide influence needs an influence span",
+    # the embedded model's layer count comes from its GGUF header: no torch either
+    ("generate", PROMPT, "--layers", "0,99"): "error: --layers: layer 99 is out of range; this model has layers 0..29",
+    ("generate", "Hi", "--model", "/no/such/folder"): "error: could not load model '/no/such/folder': there is no such",
+}
+
+
+def test_bad_input_is_answered_before_torch_is_imported(tiny_folder: Path) -> None:
+    """The console script's ``main`` in a fresh interpreter: each error arrives while torch is still unimported.
+
+    Then a good command line in the same process loads a model: ``load_engine`` completes the package.
+    """
+    code = (
+        "import json, sys\n"
+        "from guide_integrations.cli import app\n"
+        f"for args in {[list(args) for args in MODEL_FREE_ERRORS]!r}:\n"
+        "    try:\n"
+        "        app(args, prog_name='guide')\n"
+        "    except SystemExit as done:\n"
+        "        print(json.dumps([done.code, 'torch' in sys.modules, 'transformers' in sys.modules]), flush=True)\n"
+        "        print('END', file=sys.stderr, flush=True)\n"
+        f"app(['generate', 'Hello', '--model', {str(tiny_folder)!r}, '--max-new-tokens', '2', '--json'],"
+        " standalone_mode=False)\n"
+        "import guide_engine\n"
+        "print(json.dumps(['torch' in sys.modules, hasattr(guide_engine, 'GuideEngine')]))\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    errors = done.stderr.split("END\n")
+    for index, (args, message) in enumerate(MODEL_FREE_ERRORS.items()):
+        assert json.loads(lines[index]) == [2, False, False], (args, errors[index])
+        assert message in errors[index], (args, errors[index])
+    assert json.loads(lines[-1]) == [True, True]
+    assert json.loads("\n".join(lines[len(MODEL_FREE_ERRORS) : -1]))["completion_tokens"] == 2
+
+
+def test_threads_and_verbose_reach_the_load(monkeypatch) -> None:
+    """``--threads`` sets torch's threads before the load; transformers' bars show only with ``--verbose``."""
+    from transformers.utils import logging as transformers_logging
+
+    import guide_engine.registry
+
+    seen = []
+
+    def shared_engine(model, **load_kwargs):
+        seen.append((torch.get_num_threads(), transformers_logging.is_progress_bar_enabled()))
+        raise GuideError("stopped where the model would load")
+
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(guide_engine.registry, "shared_engine", shared_engine)
+    try:
+        assert invoke("generate", PROMPT, "--threads", "1").stderr == "error: stopped where the model would load\n"
+        assert transformers_logging.is_progress_bar_enabled()  # put back after the load
+        invoke("influence", SPAN_PROMPT, "--threads", "3", "--verbose")
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == [(1, False), (3, True)]
 
 
 def test_the_installed_command_runs_the_engines_commands() -> None:
