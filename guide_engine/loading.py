@@ -25,12 +25,14 @@ from typing import Any
 from .errors import GuideValueError, MissingDependencyError, ModelLoadError
 
 __all__ = [
+    "CACHE_FOLDER",
     "CACHE_VARIABLE",
     "DEFAULT_MODEL_NAMES",
     "EMBEDDED_GGUF",
     "EMBEDDED_INSTALL",
     "EMBEDDED_PACKAGE",
     "OFFLINE_VARIABLES",
+    "OLD_CACHE_FOLDER",
     "cache_root",
     "converted_gguf_folder",
     "embedded_model_location",
@@ -110,19 +112,23 @@ def is_embedded_model(folder: str, gguf: str | None) -> bool:
     return os.path.realpath(os.path.join(folder, gguf)) == os.path.realpath(embedded)
 
 
+CACHE_FOLDER = "converted"
+"""The folder under the cache base that holds converted GGUF models."""
+OLD_CACHE_FOLDER = "vllm"
+"""Where they were converted before issue 27 (``guide serve`` converted there first): found, and moved."""
+
+
 def cache_root() -> Path:
-    """Where converted GGUF models live: ``$GUIDE_CACHE`` or ``$XDG_CACHE_HOME/guide``, then ``vllm/``.
+    """Where converted GGUF models live: ``$GUIDE_CACHE`` or ``$XDG_CACHE_HOME/guide``, then ``converted/``.
 
-    Without either variable that is ``~/.cache/guide/vllm``.
-
-    The ``vllm`` folder predates the engine's use of it (``guide serve`` converted there first); the
-    name is kept so that folders converted before stay found.
+    Without either variable that is ``~/.cache/guide/converted``. Folders converted before into
+    ``vllm/`` beside it are moved here when first used (:func:`converted_gguf_folder`).
     """
     base = os.environ.get(CACHE_VARIABLE)
     if not base:
         cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         base = os.path.join(cache_home, "guide")
-    return Path(base) / "vllm"
+    return Path(base) / CACHE_FOLDER
 
 
 def converted_gguf_folder(folder: str, gguf: str, *, progress: bool = True) -> str:
@@ -132,7 +138,9 @@ def converted_gguf_folder(folder: str, gguf: str, *, progress: bool = True) -> s
     the tokenizer with its chat template, the generation config) is named by the GGUF file's content
     hash, so a changed file is converted again and the same file installed in two environments is
     converted once. It is written to a temporary folder beside it and renamed into place, so two
-    processes converting at once never leave or read half a folder.
+    processes converting at once never leave or read half a folder. A folder converted before into
+    the old ``vllm/`` cache folder is moved into :func:`cache_root` (or, where it cannot be moved,
+    read where it is), so an upgrade does not convert again.
 
     Args:
         folder: the folder that holds the GGUF file.
@@ -145,6 +153,10 @@ def converted_gguf_folder(folder: str, gguf: str, *, progress: bool = True) -> s
     path = os.path.join(folder, gguf)
     target = cache_root() / f"{Path(gguf).stem}-{_content_hash(path)}"
     if not (target / "config.json").is_file():
+        old = _moved_from_old_cache(target)
+        if old is not None:
+            return str(old)
+    if not (target / "config.json").is_file():
         try:
             _convert(folder, gguf, target, progress)
         except OSError as error:
@@ -152,6 +164,29 @@ def converted_gguf_folder(folder: str, gguf: str, *, progress: bool = True) -> s
                 f"could not convert {path} into {target}: {error}. Set {CACHE_VARIABLE} to a writable folder"
             ) from error
     return str(target)
+
+
+def _moved_from_old_cache(target: Path) -> Path | None:
+    """Move ``target``'s twin in the old ``vllm/`` cache folder to ``target``.
+
+    Returns:
+        The old folder when it cannot be moved (it is read in place); ``None`` otherwise (moved, or none).
+    """
+    old = target.parent.parent / OLD_CACHE_FOLDER / target.name
+    if not (old / "config.json").is_file():
+        return None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(old, target)
+    except OSError:
+        if (target / "config.json").is_file():  # another process moved it meanwhile
+            return None
+        return old if (old / "config.json").is_file() else None
+    try:
+        old.parent.rmdir()  # only when it is now empty
+    except OSError:
+        pass
+    return None
 
 
 def _content_hash(path: str) -> str:

@@ -18,11 +18,11 @@ from guide_engine.errors import GuideError, ModelLoadError
 def test_the_cache_honours_guide_cache_then_xdg_cache_home(monkeypatch, tmp_path) -> None:
     monkeypatch.delenv("GUIDE_CACHE", raising=False)
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
-    assert loading.cache_root() == Path.home() / ".cache" / "guide" / "vllm"
+    assert loading.cache_root() == Path.home() / ".cache" / "guide" / "converted"
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert loading.cache_root() == tmp_path / "xdg" / "guide" / "vllm"
+    assert loading.cache_root() == tmp_path / "xdg" / "guide" / "converted"
     monkeypatch.setenv("GUIDE_CACHE", str(tmp_path / "mine"))
-    assert loading.cache_root() == tmp_path / "mine" / "vllm"
+    assert loading.cache_root() == tmp_path / "mine" / "converted"
 
 
 @pytest.fixture
@@ -57,6 +57,35 @@ def test_a_gguf_file_is_converted_once_per_content(conversions, tmp_path) -> Non
     (copy / "m.gguf").write_bytes(b"changed content")
     assert loading.converted_gguf_folder(str(copy), "m.gguf") == second
     assert len(conversions) == 2
+
+
+def test_a_folder_converted_into_the_old_vllm_cache_is_moved_not_converted_again(conversions, tmp_path) -> None:
+    """Before issue 27 the cache folder was named vllm/ (even without vLLM): its folders are moved and reused."""
+    (tmp_path / "m.gguf").write_bytes(b"converted before")
+    name = f"m-{loading._content_hash(str(tmp_path / 'm.gguf'))}"
+    old = tmp_path / "cache" / "vllm" / name
+    old.mkdir(parents=True)
+    (old / "config.json").write_text('{"old": true}')
+    (old / "model.safetensors").write_bytes(b"weights")
+    found = loading.converted_gguf_folder(str(tmp_path), "m.gguf")
+    assert Path(found) == tmp_path / "cache" / "converted" / name
+    assert (Path(found) / "model.safetensors").read_bytes() == b"weights"
+    assert conversions == []
+    assert not (tmp_path / "cache" / "vllm").exists()  # the emptied old folder goes too
+
+
+def test_an_old_cache_folder_that_cannot_be_moved_is_read_in_place(conversions, monkeypatch, tmp_path) -> None:
+    (tmp_path / "m.gguf").write_bytes(b"converted before")
+    old = tmp_path / "cache" / "vllm" / f"m-{loading._content_hash(str(tmp_path / 'm.gguf'))}"
+    old.mkdir(parents=True)
+    (old / "config.json").write_text("{}")
+
+    def no_rename(source, target):
+        raise PermissionError("read-only")
+
+    monkeypatch.setattr(loading.os, "replace", no_rename)
+    assert loading.converted_gguf_folder(str(tmp_path), "m.gguf") == str(old)
+    assert conversions == []
 
 
 def test_a_failed_conversion_leaves_no_folder_and_names_the_cache_variable(monkeypatch, tmp_path) -> None:
