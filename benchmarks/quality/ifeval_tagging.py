@@ -54,7 +54,7 @@ CUE = re.compile(
     r"|\b(?:lower\s*-?case|upper\s*-?case|capital\w*|all\s+caps|commas?|json|markdown|bullet\s+points?|title"
     r"|angular\s+brackets|quotation\s+marks?|placeholders?|square\s+brackets|postscript|p\.p?\.s"
     r"|highlight\w*|italic\w*|asterisks?|keywords?|the\s+words?|the\s+letter|phrase|word\s+for\s+word"
-    r"|language|separated?|wrap\w*|(?:finish|end|start|begin)\s+(?:your|it|the|each|with)\b)",
+    r"|language|only\s+in|respond|repeat|separated?|wrap\w*|(?:finish|end|start|begin)\s+(?:your|it|the|each|with)\b)",
     re.IGNORECASE,
 )
 """Words that mark a sentence as an instruction about the answer's form."""
@@ -76,8 +76,8 @@ def _splits(line: str) -> list[int]:
     cuts = []
     for match in _BREAK.finditer(line):
         before = line[: match.start()]
-        if before.count('"') % 2 or before.count("(") > before.count(")"):
-            continue  # inside a quotation or parentheses
+        if line[: match.end()].count('"') % 2 or before.count("(") > before.count(")"):
+            continue  # inside a quotation (its closing quote counted) or parentheses
         word = re.search(r"(\S+)$", before)
         stem = word.group(1).lower().strip("\"'(") if word else ""
         if match.group().startswith(".") and (len(stem) == 1 or stem.isdigit() or stem in ABBREVIATIONS):

@@ -117,7 +117,7 @@ def test_prompt_level_needs_every_instruction():
 
 # The rule was fixed before any tagged answer was generated; this digest of its output on all 541
 # prompts keeps it fixed. A change to the rule must change this line, visibly, in its commit.
-TAGGED_DIGEST = "717abe1b7a035766bbeb873ac4a46dfa2709d35323770e7d20f297c78e77937e"
+TAGGED_DIGEST = "353dbf912dfaf786639454f2f36d95496cb89c98b520037a7c2dfe438d7084a7"
 
 
 def test_the_rule_is_the_one_fixed_before_the_results():
@@ -216,3 +216,12 @@ def test_report_counts_wins_losses_and_groups_against_untagged(tmp_path):
         text = handle.read()
     assert "| m | default | 5 | 60.0% (3/5, " in text
     assert (tmp_path / "accuracy.png").stat().st_size > 0
+
+
+def test_a_sentence_ends_after_a_closing_quote():
+    # key 2143 opens with a quoted message; the instructions after it are sentences of their own
+    tagged = tag_prompt(PROMPTS[2143].prompt)
+    assert tagged.endswith(
+        f'cause." {OPEN}Please expand it into at least 5 sentences.{CLOSE} {OPEN}Do not use the words '
+        f"reschedule or free.{CLOSE}"
+    )
