@@ -11,6 +11,7 @@ Importing this module imports neither torch nor transformers (the functions that
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -182,10 +183,8 @@ def _moved_from_old_cache(target: Path) -> Path | None:
         if (target / "config.json").is_file():  # another process moved it meanwhile
             return None
         return old if (old / "config.json").is_file() else None
-    try:
+    with contextlib.suppress(OSError):
         old.parent.rmdir()  # only when it is now empty
-    except OSError:
-        pass
     return None
 
 
