@@ -331,8 +331,10 @@ h1 { font-size: 1.25rem; margin: 0 0 .4rem; }
 .tick { position: absolute; top: 0; transform: translateX(-50%); padding-top: .25rem; font-size: .7rem;
   white-space: nowrap; font-variant-numeric: tabular-nums; }
 .tick::before { content: ""; position: absolute; left: 50%; top: 0; height: .2rem; border-left: 1px solid #444; }
-.key { font-size: .8rem; color: #444; margin: .5rem 0 1rem; }
-.key span.sample { display: inline-block; padding: 0 .3rem; margin: 0 .2rem; }
+/* The samples' outlines reach 3px beyond their box (2px + 1px offset): the key's lines are spaced so
+   that they clear the text above and below, and the samples' margins clear the words beside them. */
+.key { font-size: .8rem; color: #444; margin: .5rem 0 1rem; line-height: 2; }
+.key span.sample { display: inline-block; padding: 0 .3rem; margin: 0 .3rem; line-height: 1.25; }
 #tokens { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas, monospace; font-size: .95rem;
   line-height: 2.1; white-space: pre-wrap; overflow-wrap: anywhere; }
 .tok { padding: .12rem .05rem; margin: 0 1px; border-radius: 3px; border: 1px solid transparent; cursor: default; }

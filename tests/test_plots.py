@@ -474,6 +474,42 @@ def test_html_wraps_long_text_in_an_800px_window(tmp_path: Path) -> None:
     assert seen["lines"] > 40
 
 
+@pytest.mark.parametrize("width", [800, 520, 360])
+def test_html_legend_outlines_clear_the_lines_around_them(tmp_path: Path, width: int) -> None:
+    """The key's "solid outline" and "dashed outline" samples, outline included, touch no other line's text."""
+    page = Path(influence_html(make_result(), tmp_path / "key.html")).read_text(encoding="utf-8")
+    probe = """(function () {
+  var key = document.querySelector(".key"), samples = key.querySelectorAll(".sample"), text = [];
+  var walker = document.createTreeWalker(key, NodeFilter.SHOW_TEXT);
+  while (walker.nextNode()) {
+    var node = walker.currentNode;
+    if (node.parentElement.closest(".sample")) { continue; }
+    var range = document.createRange();
+    range.selectNodeContents(node);
+    Array.prototype.forEach.call(range.getClientRects(), function (r) {
+      if (r.width > 0) { text.push({top: r.top, bottom: r.bottom, left: r.left, right: r.right}); }
+    });
+  }
+  return Array.prototype.map.call(samples, function (el) {
+    var r = el.getBoundingClientRect(), style = getComputedStyle(el);
+    var out = parseFloat(style.outlineWidth) + parseFloat(style.outlineOffset);
+    return {label: el.textContent, outline: out, top: r.top - out, bottom: r.bottom + out, left: r.left - out,
+      right: r.right + out, text: text};
+  });
+})()"""
+    seen = in_browser(page, probe, tmp_path, width=width)
+    assert [sample["label"] for sample in seen] == ["solid outline", "dashed outline"]
+    for sample in seen:
+        assert sample["outline"] >= 2  # the style drew one, so the check below means something
+        overlaps = [
+            t
+            for t in sample["text"]
+            if min(sample["bottom"], t["bottom"]) - max(sample["top"], t["top"]) > 0.5
+            and min(sample["right"], t["right"]) - max(sample["left"], t["left"]) > 0.5
+        ]
+        assert overlaps == [], (sample["label"], sample["top"], sample["bottom"], overlaps)
+
+
 def ramp_reference(t: float) -> tuple[int, ...]:
     """The page's color ramp (YlOrRd-like, linear in RGB between five stops), as JS rounds it."""
     stops = [(255, 255, 255), (255, 237, 160), (254, 178, 76), (240, 59, 32), (128, 0, 38)]
