@@ -225,3 +225,63 @@ def test_a_sentence_ends_after_a_closing_quote():
         f'cause." {OPEN}Please expand it into at least 5 sentences.{CLOSE} {OPEN}Do not use the words '
         f"reschedule or free.{CLOSE}"
     )
+
+
+# ------------------------------------------------------------------------------------- runner
+
+
+class _FakeEngine:
+    """Answers every prompt with its own length; counts the rows it was asked for."""
+
+    def __init__(self) -> None:
+        self.rows: list[str] = []
+        self.options: list[dict] = []
+
+    def generate_batch(self, prompts: list[str], **options: object) -> list[object]:
+        from types import SimpleNamespace
+
+        self.rows += prompts
+        self.options.append(options)
+        return [
+            SimpleNamespace(text=f"answer {len(p)}", finish_reason="stop", completion_tokens=3, prompt_tokens=9)
+            for p in prompts
+        ]
+
+
+def test_runner_writes_the_issue_fields_resumes_and_copies_prompts_without_tags(tmp_path):
+    import argparse
+
+    from benchmarks.quality.ifeval import identity, run
+    from benchmarks.quality.runner import Sink
+
+    args = argparse.Namespace(
+        model="m", halves=["odd"], conditions=["untagged", "default"], limit=6, max_new_tokens=64, batch_size=4
+    )
+    sink = Sink(str(tmp_path / "records.jsonl"), resume=True, identity=identity)
+    engine = _FakeEngine()
+    run(engine, sink, args, log=lambda added: None)
+    by = {(r["condition"], r["key"]): r for r in sink.records}
+    assert len(by) == 12 and all(r["half"] == "odd" for r in sink.records)
+    untagged = [r for r in sink.records if r["condition"] == "untagged"]
+    assert all(r["tagged_prompt"] == PROMPTS[r["key"]].prompt for r in untagged)
+    assert untagged[0]["options"] == {"max_new_tokens": 64, "temperature": 0.0}
+    for r in sink.records:
+        assert {
+            "response",
+            "finish_reason",
+            "completion_tokens",
+            "prompt_strict",
+            "prompt_loose",
+            "instructions",
+        } <= set(r)
+        assert len(r["instructions"]) == len(PROMPTS[r["key"]].instruction_id_list)
+    tagged = [r for r in sink.records if r["condition"] == "default"]
+    assert all(r["options"]["delta_mid"] == 1.0 for r in tagged)
+    copied = [r for r in tagged if "copied_from" in r]
+    assert all(r["tagged_prompt"] == PROMPTS[r["key"]].prompt for r in copied)
+    assert all(OPEN in r["tagged_prompt"] for r in tagged if "copied_from" not in r)
+    assert len(engine.rows) == 12 - len(copied)
+    # resume: a second run skips what is done and takes the next 6 prompts of each condition
+    again = Sink(str(tmp_path / "records.jsonl"), resume=True, identity=identity)
+    run(engine, again, args, log=lambda added: None)
+    assert len(again.records) == 24 and len({identity(r) for r in again.records}) == 24
