@@ -126,38 +126,9 @@ def report(records: Sequence[dict[str, Any]], runs: Sequence[dict[str, Any]]) ->
         budgets = ", ".join(str(b) for b in e["budgets"])
         lines.append(f"| {e['model']} | {e['half']} | {e['condition']} | {e['prompts']} | {e['copied']} | {budgets} |")
     for half in HALVES:
-        chosen = [e for e in entries if e["half"] == half]
-        if not chosen:
-            continue
-        title = "reported half" if half == "odd" else "tuning half (screening)"
-        lines += [
-            "",
-            f"## {half.capitalize()} keys: {title}",
-            "",
-            "| model | condition | prompts | prompt strict | prompt loose | instruction strict | instruction loose "
-            "| McNemar vs untagged (W/L, p) | cut | degenerate | mean words |",
-            "|---|---|---:|---|---|---|---|---|---|---|---:|",
-        ]
-        for e in chosen:
-            versus = e.get("versus_untagged")
-            test = f"{versus['wins']}/{versus['losses']}, p = {versus['mcnemar_p']:.3g}" if versus else "–"
-            lines.append(
-                f"| {e['model']} | {e['condition']} | {e['prompts']} | {_fmt(e['prompt_strict'])} "
-                f"| {_fmt(e['prompt_loose'])} | {_fmt(e['instruction_strict'])} | {_fmt(e['instruction_loose'])} "
-                f"| {test} | {_fmt(e['cut'])} | {_fmt(e['degenerate'])} | {e['mean_words']} |"
-            )
-        grouped = [e for e in chosen if e.get("versus_untagged")]
-        if grouped:
-            lines += [
-                "",
-                f"Instructions won / lost against untagged, by group ({half} keys, strict):",
-                "",
-                "| model | condition | " + " | ".join(GROUPS) + " |",
-                "|---|---|" + "---:|" * len(GROUPS),
-            ]
-            for e in grouped:
-                cells = " | ".join(f"{won}/{lost}" for won, lost in (e["versus_untagged"]["groups"][g] for g in GROUPS))
-                lines.append(f"| {e['model']} | {e['condition']} | {cells} |")
+        if any(e["half"] == half for e in entries):
+            title = "reported half" if half == "odd" else "tuning half (screening)"
+            lines += ["", f"## {half.capitalize()} keys: {title}", "", *half_tables(entries, half)]
     lines += ["", "## Untagged against the published figure", ""]
     lines += _baselines(records)
     lines += ["", "## Runs", "", "| command | started | minutes | records added |", "|---|---|---:|---:|"]
@@ -169,6 +140,37 @@ def report(records: Sequence[dict[str, Any]], runs: Sequence[dict[str, Any]]) ->
     minutes = sum(float(run.get("minutes", 0.0)) for run in runs)
     lines += ["", f"CPU time logged: {minutes / 60:.1f} hours of wall clock (one thread per run)."]
     return "\n".join(lines), {"cells": entries}
+
+
+def half_tables(entries: Sequence[dict[str, Any]], half: str) -> list[str]:
+    """The accuracy table of one half, then its wins and losses by instruction group."""
+    chosen = [e for e in entries if e["half"] == half]
+    lines = [
+        "| model | condition | prompts | prompt strict | prompt loose | instruction strict | instruction loose "
+        "| McNemar vs untagged (W/L, p) | cut | degenerate | mean words |",
+        "|---|---|---:|---|---|---|---|---|---|---|---:|",
+    ]
+    for e in chosen:
+        versus = e.get("versus_untagged")
+        test = f"{versus['wins']}/{versus['losses']}, p = {versus['mcnemar_p']:.3g}" if versus else "–"
+        lines.append(
+            f"| {e['model']} | {e['condition']} | {e['prompts']} | {_fmt(e['prompt_strict'])} "
+            f"| {_fmt(e['prompt_loose'])} | {_fmt(e['instruction_strict'])} | {_fmt(e['instruction_loose'])} "
+            f"| {test} | {_fmt(e['cut'])} | {_fmt(e['degenerate'])} | {e['mean_words']} |"
+        )
+    grouped = [e for e in chosen if e.get("versus_untagged")]
+    if grouped:
+        lines += [
+            "",
+            f"Instructions won / lost against untagged, by group ({half} keys, strict):",
+            "",
+            "| model | condition | " + " | ".join(GROUPS) + " |",
+            "|---|---|" + "---:|" * len(GROUPS),
+        ]
+        for e in grouped:
+            cells = " | ".join(f"{won}/{lost}" for won, lost in (e["versus_untagged"]["groups"][g] for g in GROUPS))
+            lines.append(f"| {e['model']} | {e['condition']} | {cells} |")
+    return lines
 
 
 def _baselines(records: Sequence[dict[str, Any]]) -> list[str]:
@@ -229,12 +231,20 @@ def plot(records: Sequence[dict[str, Any]], path: str) -> None:
 
 
 def write_report(records: Sequence[dict[str, Any]], runs: Sequence[dict[str, Any]], out: str) -> str:
-    """Write ``report.md``, ``summary.json`` and ``accuracy.png`` into ``out``; return the report's path."""
+    """Write ``report.md``, ``table.md`` (for the docs), ``summary.json`` and ``accuracy.png`` into ``out``.
+
+    Returns:
+        The path of ``report.md``.
+    """
     markdown, summary = report(records, runs)
     counts = Counter((r["model"], r["condition"], r["half"]) for r in records)
     summary["records"] = [
         {"model": m, "condition": c, "half": h, "count": n} for (m, c, h), n in sorted(counts.items())
     ]
+    # the odd half and the baselines alone, for docs/choosing-delta.md to include
+    table = half_tables(summary["cells"], "odd") + ["", "Untagged, all keys so far, beside the published figure:", ""]
+    with open(os.path.join(out, "table.md"), "w", encoding="utf-8") as handle:
+        handle.write("\n".join(table + _baselines(records)) + "\n")
     path = os.path.join(out, "report.md")
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(markdown + "\n")
