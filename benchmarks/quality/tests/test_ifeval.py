@@ -248,6 +248,7 @@ class _FakeEngine:
         ]
 
 
+@needs_py311
 def test_runner_writes_the_issue_fields_resumes_and_copies_prompts_without_tags(tmp_path):
     import argparse
 
