@@ -85,7 +85,11 @@ class EncodedPrompt:
 
 
 def normalize_prompt(prompt: Prompt) -> list[dict[str, Any]] | str:
-    """Validate a prompt: a non-empty string or a non-empty list of role/content messages."""
+    """Validate a prompt: a non-empty string or a non-empty list of role/content messages, one of them with text.
+
+    A blank string, or messages that are all blank (and call no tools), is refused: the same rule on
+    every surface, since ``ChatGuide.invoke("")`` reaches here as one blank user message.
+    """
     if isinstance(prompt, str):
         if not prompt.strip():
             raise GuideValueError("prompt is empty; pass a non-empty string or a list of messages")
@@ -104,6 +108,11 @@ def normalize_prompt(prompt: Prompt) -> list[dict[str, Any]] | str:
         if not isinstance(message["content"], str):
             raise GuideValueError(f"message {i} content must be a string, got {type(message['content']).__name__}")
         messages.append(dict(message))
+    if not any(m["content"].strip() or m.get("tool_calls") for m in messages):
+        # One rule on every surface (engine, ChatGuide, GuideLLM, the CLI): nothing to answer is refused.
+        raise GuideValueError(
+            f"prompt is empty: all {len(messages)} message(s) have blank content; pass a message with text"
+        )
     return messages
 
 

@@ -11,7 +11,7 @@ from langchain_core.globals import get_llm_cache
 from langchain_core.language_models import LangSmithParams, LanguageModelInput
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig
 from langchain_core.runnables.config import get_config_list
 from pydantic import (
     BaseModel,
@@ -26,7 +26,6 @@ from pydantic import (
 )
 
 from guide_engine import GenerationStream, GuideEngine, GuideError, shared_engine, strip_tags
-from guide_engine.errors import GuideValueError
 from guide_engine.options import Metric
 
 from ..core import (
@@ -35,7 +34,6 @@ from ..core import (
     check_engine_setting,
     check_message_tags,
     checked_field,
-    json_schema_format,
     model_display_name,
     stream_result,
 )
@@ -55,10 +53,10 @@ from .options import (
 from .outcomes import agenerate_outcome, generate_outcome, result_or_raise, runs_again
 from .outputs import chat_result, closing_chunks, text_chunk, usage_chunk
 from .runs import RunAwareChatModel, RunEvents, take_run_events
-from .structured import StructuredMethod, json_schema, structured_parser, with_raw
-from .tools import ToolLike, format_tools, tool_choice_option
+from .structured import StructuredMethod, structured_runnable
+from .tools import ToolLike, format_tools, tool_options
 
-__all__ = ["ChatGuide"]
+__all__ = ["ChatGuide", "GuideBinding"]
 
 
 class ChatGuide(RunAwareChatModel):
@@ -415,6 +413,16 @@ class ChatGuide(RunAwareChatModel):
 
     # --------------------------------------------------------------- tools, structured output
 
+    # BaseChatModel.bind returns LangChain's private _ChatModelBinding (a RunnableBinding typed for
+    # stream_events v3); ours is a RunnableBinding too, with bind_tools/with_structured_output that keep options.
+    def bind(self, **kwargs: Any) -> GuideBinding:  # type: ignore[override]
+        """Bind call options (``max_tokens``, ``delta_mid``, ``tools`` ...) to every call.
+
+        Returns a :class:`GuideBinding`, on which ``bind_tools`` and ``with_structured_output``
+        keep the bound options (a plain ``RunnableBinding`` hands them to the model and drops them).
+        """
+        return GuideBinding(bound=self, kwargs=kwargs, config={})
+
     def bind_tools(
         self,
         tools: Sequence[ToolLike],
@@ -435,11 +443,7 @@ class ChatGuide(RunAwareChatModel):
                 grammar enforces them).
             **kwargs: other call options to bind (``delta_mid``, ``max_tokens``, ...).
         """
-        formatted = format_tools(tools)
-        choice = tool_choice_option(tool_choice, formatted)
-        if choice is not None:
-            kwargs["tool_choice"] = choice
-        return self.bind(tools=formatted, **kwargs)
+        return self.bind(**tool_options(tools, tool_choice), **kwargs)
 
     def with_structured_output(
         self,
@@ -452,9 +456,16 @@ class ChatGuide(RunAwareChatModel):
     ) -> Runnable[LanguageModelInput, dict[str, Any] | BaseModel]:
         """A runnable whose answers follow ``schema``: pydantic instances for a model, dicts otherwise.
 
+        An answer is parsed only when it is complete: one cut by ``max_tokens``, a stop string or
+        the timeout raises :class:`~guide_integrations.langchain.OutputCutShortError` (with
+        ``include_raw=True`` it is the ``parsing_error``, and ``parsed`` is ``None``). Options
+        bound before (``llm.bind(max_tokens=...)``) and given per call (``.invoke(q,
+        max_tokens=...)``) reach the model.
+
         Args:
             schema: a pydantic model, a TypedDict, a JSON schema or an OpenAI-style tool dict
-                (``json_mode`` also takes ``None``: any JSON object, returned as a dict).
+                (``json_mode`` also takes ``None``: any JSON object, returned as a dict). Models
+                and TypedDicts keep their whole schema (``$defs``, recursion, unions, enums).
             method: ``"json_schema"`` (the answer is JSON that validates against the schema,
                 enforced by the grammar), ``"function_calling"`` (a forced call of a tool made from
                 the schema) or ``"json_mode"`` (any JSON object; describe the schema in the prompt).
@@ -462,28 +473,7 @@ class ChatGuide(RunAwareChatModel):
             strict: accepted for compatibility; ``json_schema`` and ``function_calling`` are always
                 strict (the grammar enforces the schema).
         """
-        if kwargs:
-            raise GuideValueError(
-                f"with_structured_output got unsupported argument(s) {', '.join(map(repr, sorted(kwargs)))}; "
-                "it takes schema, method, include_raw and strict"
-            )
-        if schema is None and method != "json_mode":
-            raise GuideValueError(f"method={method!r} needs a schema; pass one, or use method='json_mode'")
-        trace = {"kwargs": {"method": method}, "schema": schema}
-        llm: Runnable[LanguageModelInput, Any]
-        if method == "function_calling":
-            tool = format_tools([schema])
-            llm = self.bind_tools(tool, tool_choice=tool[0]["function"]["name"], ls_structured_output_format=trace)
-        elif method == "json_schema":
-            llm = self.bind(response_format=json_schema_format(json_schema(schema)), ls_structured_output_format=trace)
-        elif method == "json_mode":
-            llm = self.bind(response_format={"type": "json_object"}, ls_structured_output_format=trace)
-        else:
-            raise GuideValueError(
-                f"method {method!r} is not supported; use 'json_schema', 'function_calling' or 'json_mode'"
-            )
-        parser = structured_parser(schema, method)
-        return with_raw(llm, parser) if include_raw else llm | parser
+        return structured_runnable(self, schema, method, include_raw, kwargs)
 
     # ----------------------------------------------------------------------- token counts
 
@@ -579,3 +569,35 @@ def _listening(events: RunEvents | None) -> bool:
 
 def _open_stream(call: EngineCall) -> GenerationStream:
     return call.engine().stream(call.prompt, **call.options)
+
+
+class GuideBinding(RunnableBinding[LanguageModelInput, Any]):
+    """``ChatGuide`` with bound call options, as ``ChatGuide.bind`` returns it.
+
+    LangChain's ``RunnableBinding`` hands ``bind_tools`` and ``with_structured_output`` to the
+    model, which drops the bound options; here they stay bound, so
+    ``llm.bind(max_tokens=400).with_structured_output(Person)`` decodes with 400 tokens.
+    """
+
+    def bind_tools(
+        self,
+        tools: Sequence[ToolLike],
+        *,
+        tool_choice: str | dict[str, Any] | bool | None = None,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """:meth:`ChatGuide.bind_tools`, keeping the options bound so far."""
+        return self.bind(**tool_options(tools, tool_choice), **kwargs)
+
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type,
+        *,
+        method: StructuredMethod = "json_schema",
+        include_raw: bool = False,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, dict[str, Any] | BaseModel]:
+        """:meth:`ChatGuide.with_structured_output`, keeping the options bound so far."""
+        return structured_runnable(self, schema, method, include_raw, kwargs)

@@ -2,28 +2,38 @@
 
 ``with_structured_output`` binds what the engine enforces with its grammar (so every answer parses
 and validates, ``docs/design/tools-contract.md``) and parses the answer back with LangChain's own
-output parsers, as the partner packages do. An answer that stopped at ``max_tokens`` before it was
-complete raises :class:`OutputCutShortError`, which names ``max_tokens`` instead of a JSON error.
+output parsers, as the partner packages do.
+
+An answer is parsed into an object only when it is complete. LangChain's JSON parsers accept a
+JSON prefix (they stream partial objects that way), so an answer cut by ``max_tokens``, a stop
+string or the timeout would parse into a wrong object (``{"name": "Ada", "age": 2`` as ``age=2``).
+Here the final parse reads the whole text as strict JSON and raises :class:`OutputCutShortError`
+otherwise; a stream yields the partial objects LangChain yields, then the complete object last, or
+raises.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from operator import itemgetter
-from typing import Any, Literal
+import json
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any, Literal, Protocol, get_type_hints, is_typeddict
 
 from langchain_core.exceptions import OutputParserException
 from langchain_core.language_models import LanguageModelInput
-from langchain_core.messages import BaseMessage
+from langchain_core.messages import AIMessage, BaseMessage, BaseMessageChunk
 from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
 from langchain_core.output_parsers.base import OutputParserLike
 from langchain_core.output_parsers.openai_tools import JsonOutputKeyToolsParser, PydanticToolsParser
 from langchain_core.outputs import ChatGeneration, Generation
-from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
+from langchain_core.runnables import Runnable, RunnableLambda
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
+from pydantic import TypeAdapter
 
-from guide_engine.errors import GuideError
+from guide_engine.errors import GuideError, GuideValueError
+
+from ..core import json_schema_format
+from .tools import ToolLike, format_tools, tool_options
 
 __all__ = [
     "OutputCutShortError",
@@ -31,6 +41,7 @@ __all__ = [
     "is_pydantic_schema",
     "json_schema",
     "structured_parser",
+    "structured_runnable",
     "with_raw",
 ]
 
@@ -38,9 +49,19 @@ StructuredMethod = Literal["json_schema", "function_calling", "json_mode"]
 
 
 def json_schema(schema: Mapping[str, Any] | type) -> dict[str, Any]:
-    """The JSON schema of a pydantic model, TypedDict, OpenAI function dict or JSON schema (LangChain's forms)."""
+    """The whole JSON schema of a pydantic model, TypedDict, OpenAI function dict or JSON schema.
+
+    Pydantic models and TypedDicts keep ``$defs`` and ``$ref`` (pydantic's own schema), so recursive
+    and nested models arrive whole; LangChain's ``convert_to_json_schema`` inlines references and
+    leaves a recursive list as ``"items": {}``, which lets the grammar accept any value there.
+    """
     if isinstance(schema, Mapping) and "type" in schema and "function" not in schema and "name" not in schema:
         return dict(schema)  # a JSON schema as it is
+    if is_pydantic_schema(schema):
+        return schema.model_json_schema()  # type: ignore[union-attr]
+    if isinstance(schema, type) and is_typeddict(schema):
+        get_type_hints(schema)  # a forward reference that does not resolve fails here, by name
+        return TypeAdapter(schema).json_schema()
     return convert_to_json_schema(schema)  # type: ignore[arg-type]
 
 
@@ -49,12 +70,23 @@ def is_pydantic_schema(schema: Any) -> bool:
     return isinstance(schema, type) and is_basemodel_subclass(schema)
 
 
+def structured_tool(schema: ToolLike) -> dict[str, Any]:
+    """The tool that ``method="function_calling"`` forces: LangChain's tool dict, the whole schema its parameters."""
+    tool = format_tools([schema])[0]
+    if is_pydantic_schema(schema) or (isinstance(schema, type) and is_typeddict(schema)):
+        parameters = json_schema(schema)  # type: ignore[arg-type]
+        parameters.pop("title", None)
+        parameters.pop("description", None)  # the tool's own description says it
+        tool["function"]["parameters"] = parameters
+    return tool
+
+
 class OutputCutShortError(OutputParserException, GuideError):
-    """A structured answer stopped at ``max_tokens`` before it was complete.
+    """A structured answer stopped before it was complete: at ``max_tokens``, a stop string or the timeout.
 
     LangChain's ``OutputParserException`` (so ``include_raw=True`` returns it as ``parsing_error``)
-    and a :class:`~guide_engine.GuideError`; the message says how many tokens the answer got and
-    what to raise.
+    and a :class:`~guide_engine.GuideError`; the message says why the answer stopped and what to
+    change.
     """
 
     def __init__(self, message: str, llm_output: str) -> None:
@@ -62,62 +94,140 @@ class OutputCutShortError(OutputParserException, GuideError):
         self.args = (message,)  # the message alone, without LangChain's troubleshooting link
 
 
-def _cut_short(result: list[Generation]) -> OutputCutShortError | None:
-    """The error for an answer that ended at ``max_tokens``, or ``None`` when it ended on its own."""
-    message: BaseMessage | None = result[0].message if result and isinstance(result[0], ChatGeneration) else None
-    if message is None or message.response_metadata.get("finish_reason") != "length":
-        return None
+def _message(result: list[Generation]) -> BaseMessage | None:
+    return result[0].message if result and isinstance(result[0], ChatGeneration) else None
+
+
+def _cut_short_error(message: BaseMessage, text: str) -> OutputCutShortError:
+    """The error for an answer that stopped before it was complete, naming why and what to raise."""
+    reason = message.response_metadata.get("finish_reason")
     usage = getattr(message, "usage_metadata", None) or {}
     tokens = usage.get("output_tokens", "max_tokens")
-    text = message.content or getattr(message, "invalid_tool_calls", "")
+    if reason == "length":
+        why = f"stopped at max_tokens ({tokens} tokens)"
+        advice = (
+            "raise max_tokens (ChatGuide(max_tokens=...), llm.bind(max_tokens=...).with_structured_output(...), "
+            "or .invoke(..., max_tokens=...)) to leave room for every field"
+        )
+    else:
+        why = f"stopped (finish_reason {reason!r}: a stop string cut it)"
+        advice = "leave out the stop strings that can occur inside the JSON"
     return OutputCutShortError(
-        f"the structured answer stopped at max_tokens ({tokens} tokens) before it was complete, so it cannot "
-        f"be parsed: {text!r:.120}; raise max_tokens (ChatGuide(max_tokens=...), or "
-        "llm.bind(max_tokens=...).with_structured_output(...)) to leave room for every field",
-        llm_output=str(text),
+        f"the structured answer {why} before it was complete, so it is not parsed: {text!r:.120}; {advice}",
+        llm_output=text,
     )
 
 
 class _Complete:
-    """Mixed into LangChain's parsers: an answer cut by ``max_tokens`` raises :class:`OutputCutShortError`.
+    """Mixed into LangChain's parsers: the final parse takes only a complete answer.
 
-    Partial results (streaming) are parsed as LangChain parses them; only the final parse checks.
+    Partial parses (a stream's growing object) are LangChain's own. The final parse raises
+    :class:`OutputCutShortError` for an answer that stopped before it was complete, and a stream
+    ends with the final parse: the complete object, or the error.
     """
 
     def parse_result(self, result: list[Generation], *, partial: bool = False) -> Any:
+        if not partial:
+            self._check_complete(result)
+        return super().parse_result(result, partial=partial)  # type: ignore[misc]
+
+    def _check_complete(self, result: list[Generation]) -> None:
+        raise NotImplementedError
+
+    def _transform(self, input: Iterator[str | BaseMessage]) -> Iterator[Any]:
+        chunks: list[Any] = []
+        last = None
+        for last in super()._transform(_kept(input, chunks)):  # type: ignore[misc]
+            yield last
+        final = self.parse_result([ChatGeneration(message=_joined(chunks))])
+        if final != last:
+            yield final
+
+    async def _atransform(self, input: AsyncIterator[str | BaseMessage]) -> AsyncIterator[Any]:
+        chunks: list[Any] = []
+        last = None
+        async for last in super()._atransform(_akept(input, chunks)):  # type: ignore[misc]
+            yield last
+        final = self.parse_result([ChatGeneration(message=_joined(chunks))])
+        if final != last:
+            yield final
+
+
+def _kept(chunks: Iterator[Any], kept: list[Any]) -> Iterator[Any]:
+    for chunk in chunks:
+        kept.append(chunk)
+        yield chunk
+
+
+async def _akept(chunks: AsyncIterator[Any], kept: list[Any]) -> AsyncIterator[Any]:
+    async for chunk in chunks:
+        kept.append(chunk)
+        yield chunk
+
+
+def _joined(chunks: list[Any]) -> BaseMessage:
+    """The whole streamed message (LangChain sums message chunks, tool-call chunks into calls)."""
+    if not chunks:
+        return AIMessage(content="")
+    whole = chunks[0]
+    for chunk in chunks[1:]:
+        whole = whole + chunk
+    if isinstance(whole, str):
+        return AIMessage(content=whole)
+    return whole if isinstance(whole, BaseMessage) else AIMessage(content=str(whole))
+
+
+class _CompleteJson(_Complete):
+    """The answer's whole text is strict JSON, or it stopped before it was complete."""
+
+    def _check_complete(self, result: list[Generation]) -> None:
+        message = _message(result)
+        text = result[0].text if result else ""
         try:
-            parsed = super().parse_result(result, partial=partial)  # type: ignore[misc]
-        except OutputParserException as error:
-            cut = None if partial else _cut_short(result)
-            if cut is not None:
-                raise cut from error
-            raise
-        cut = None if partial or parsed is not None else _cut_short(result)
-        if cut is not None:  # a forced tool call cut short leaves no call to parse
-            raise cut
-        return parsed
+            json.loads(text)
+        except json.JSONDecodeError as error:
+            if message is not None and message.response_metadata.get("finish_reason") is not None:
+                raise _cut_short_error(message, text) from error
+            raise OutputParserException(f"the structured answer is not JSON: {text!r:.120}", llm_output=text) from None
 
 
-class _PydanticToolsParser(_Complete, PydanticToolsParser):
+class _CompleteCall(_Complete):
+    """The answer holds the forced tool call, finished; a call cut short is no call."""
+
+    def _check_complete(self, result: list[Generation]) -> None:
+        message = _message(result)
+        if message is None:
+            return
+        if isinstance(message, BaseMessageChunk) and not isinstance(message, AIMessage):
+            return
+        if getattr(message, "tool_calls", None) and not getattr(message, "invalid_tool_calls", None):
+            return
+        text = str(getattr(message, "invalid_tool_calls", None) or message.content)
+        if message.response_metadata.get("finish_reason") in ("length", "stop", "timeout"):
+            raise _cut_short_error(message, text)
+        raise OutputParserException(f"the answer holds no tool call: {text!r:.120}", llm_output=text)
+
+
+class _PydanticToolsParser(_CompleteCall, PydanticToolsParser):
     pass
 
 
-class _JsonOutputKeyToolsParser(_Complete, JsonOutputKeyToolsParser):
+class _JsonOutputKeyToolsParser(_CompleteCall, JsonOutputKeyToolsParser):
     pass
 
 
-class _PydanticOutputParser(_Complete, PydanticOutputParser):
+class _PydanticOutputParser(_CompleteJson, PydanticOutputParser):
     pass
 
 
-class _JsonOutputParser(_Complete, JsonOutputParser):
+class _JsonOutputParser(_CompleteJson, JsonOutputParser):
     pass
 
 
 def structured_parser(schema: Any, method: StructuredMethod) -> OutputParserLike:
     """LangChain's parser for ``method``: tool-call parsers for function calling, JSON parsers otherwise.
 
-    An answer that stopped at ``max_tokens`` before it was complete raises :class:`OutputCutShortError`.
+    An answer that stopped before it was complete raises :class:`OutputCutShortError`.
     """
     if method == "function_calling":
         if is_pydantic_schema(schema):
@@ -130,7 +240,54 @@ def structured_parser(schema: Any, method: StructuredMethod) -> OutputParserLike
 
 
 def with_raw(llm: Runnable[LanguageModelInput, Any], parser: OutputParserLike) -> Runnable[LanguageModelInput, Any]:
-    """``{"raw", "parsed", "parsing_error"}``: LangChain's ``include_raw=True`` shape; a parse error is returned."""
-    parse = RunnablePassthrough.assign(parsed=itemgetter("raw") | parser, parsing_error=lambda _: None)
-    no_parse = RunnablePassthrough.assign(parsed=lambda _: None)
-    return RunnableMap(raw=llm) | parse.with_fallbacks([no_parse], exception_key="parsing_error")
+    """``{"raw", "parsed", "parsing_error"}``: LangChain's ``include_raw=True`` shape; a parse error is returned.
+
+    ``llm`` is the sequence's first step, so the keywords of ``invoke``/``stream``/``batch``
+    (``max_tokens=...``) reach it, as they do without ``include_raw``.
+    """
+
+    def raw_and_parsed(raw: BaseMessage) -> dict[str, Any]:
+        try:
+            return {"raw": raw, "parsed": parser.invoke(raw), "parsing_error": None}
+        except OutputParserException as error:
+            return {"raw": raw, "parsed": None, "parsing_error": error}
+
+    return llm | RunnableLambda(raw_and_parsed, name="raw_and_parsed")
+
+
+class Bindable(Protocol):
+    """What :func:`structured_runnable` builds on: ``ChatGuide`` or a binding of it (both keep bound keywords)."""
+
+    def bind(self, **kwargs: Any) -> Runnable[LanguageModelInput, BaseMessage]: ...
+
+
+def structured_runnable(
+    llm: Bindable,
+    schema: Any,
+    method: StructuredMethod,
+    include_raw: bool,
+    unsupported: Mapping[str, Any],
+) -> Runnable[LanguageModelInput, Any]:
+    """``with_structured_output`` of ``llm`` (``ChatGuide`` or a binding of it, whose keywords stay bound)."""
+    if unsupported:
+        raise GuideValueError(
+            f"with_structured_output got unsupported argument(s) {', '.join(map(repr, sorted(unsupported)))}; "
+            "it takes schema, method, include_raw and strict"
+        )
+    if schema is None and method != "json_mode":
+        raise GuideValueError(f"method={method!r} needs a schema; pass one, or use method='json_mode'")
+    trace = {"kwargs": {"method": method}, "schema": schema}
+    bound: Runnable[LanguageModelInput, Any]
+    if method == "function_calling":
+        tool = structured_tool(schema)
+        bound = llm.bind(**tool_options([tool], tool["function"]["name"]), ls_structured_output_format=trace)
+    elif method == "json_schema":
+        bound = llm.bind(response_format=json_schema_format(json_schema(schema)), ls_structured_output_format=trace)
+    elif method == "json_mode":
+        bound = llm.bind(response_format={"type": "json_object"}, ls_structured_output_format=trace)
+    else:
+        raise GuideValueError(
+            f"method {method!r} is not supported; use 'json_schema', 'function_calling' or 'json_mode'"
+        )
+    parser = structured_parser(schema, method)
+    return with_raw(bound, parser) if include_raw else bound | parser

@@ -96,11 +96,20 @@ def _escape_content(content: str | list[Any]) -> str | list[Any]:
     return escaped
 
 
-escape_documents = RunnableLambda(escape_untrusted, name="escape_documents")
-"""A runnable that makes retrieved documents (or any untrusted text) literal: no spans.
+class EscapeRunnable(RunnableLambda[Any, Any]):
+    """:func:`escape_untrusted` as a runnable that may also be called as a function."""
+
+    def __call__(self, value: Any) -> Any:
+        """``escape_documents(docs)``: the same as ``escape_documents.invoke(docs)``."""
+        return escape_untrusted(value)
+
+
+escape_documents = EscapeRunnable(escape_untrusted, name="escape_documents")
+"""Makes retrieved documents (or any untrusted text) literal: no spans. A runnable and a function.
 
 Pipe retrieval through it before the prompt, e.g.
-``{"context": retriever | format_docs | escape_documents, "question": RunnablePassthrough()}``.
+``{"context": retriever | format_docs | escape_documents, "question": RunnablePassthrough()}``,
+or call it: ``escape_documents([doc])``.
 """
 
 

@@ -16,7 +16,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from guide_engine.errors import GuideValueError
 
-__all__ = ["ToolLike", "format_tools", "tool_choice_option"]
+__all__ = ["ToolLike", "format_tools", "tool_choice_option", "tool_options"]
 
 ToolLike = Mapping[str, Any] | type | Callable[..., Any] | BaseTool
 """What ``bind_tools`` accepts: a ``BaseTool``, a function, a pydantic model or TypedDict, or a tool dict."""
@@ -68,3 +68,13 @@ def tool_choice_option(tool_choice: Any, tools: Sequence[Mapping[str, Any]]) -> 
         f"({', '.join(map(repr, names)) or 'no tools are bound'}) or {{'type': 'function', 'function': "
         "{'name': ...}}"
     )
+
+
+def tool_options(tools: Sequence[ToolLike], tool_choice: Any = None) -> dict[str, Any]:
+    """The call keywords that bind ``tools`` under ``tool_choice`` (what ``bind_tools`` binds)."""
+    formatted = format_tools(tools)
+    options: dict[str, Any] = {"tools": formatted}
+    choice = tool_choice_option(tool_choice, formatted)
+    if choice is not None:
+        options["tool_choice"] = choice
+    return options
