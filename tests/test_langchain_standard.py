@@ -139,6 +139,8 @@ _QUALITY = {
     "test_structured_output_async": "function_calling (the suite's default method) calls with arguments cut by room",
     "test_structured_output_pydantic_2_v1": "function_calling with arguments cut by room",
     "test_unicode_tool_call_integration": "the model does not call the tool on its own",
+    # It passed until the cut JSON was parsed as a prefix, i.e. into a wrong object (issue 27).
+    "test_structured_output_optional_param": "the joke's setup repeats itself past max_tokens: cut short, not parsed",
 }
 for _name, _why in _QUALITY.items():
     setattr(
