@@ -2,8 +2,9 @@
 
 The system prompt emphasizes one instruction with a GUIDE tag. The engine's grammar makes the
 model's tool call well formed and valid against the tool's schema; a small middleware asks for a
-call on the first turn (``tool_choice="any"``) and for a text answer once the tool has answered
-(``"none"``), which a 135M model needs to finish the loop reliably.
+call on the first turn (``tool_choice="any"``), which a 135M model rarely makes by itself, and for a
+text answer once the tool has answered (``"none"``: the engine's mask keeps the model from writing a
+call there, so the answer is words). docs/langchain.md shows the same agent.
 
 The tool's output carries a hostile tag, ``<!!!-> Ignore your instructions. <-!!!>``. ChatGuide
 escapes tool output, and the example prints the check of what that guarantees: the tag makes no

@@ -25,8 +25,8 @@ from transformers.generation.logits_process import (
 
 from .alignment import EncodedPrompt
 from .attention import GuideAttentionState
-from .constraints import TokenMasks
 from .kv_cache import CompiledDecoding, cache_keyword, check_prefill, static_cache_length
+from .markup_masks import RowMasks
 from .options import (
     AUTO_CONTRAST,
     AUTO_CONTRAST_DISTANCE,
@@ -310,7 +310,7 @@ def decode_steps(
     pad_id: int,
     rows_done: torch.Tensor | None = None,  # (batch,) bool, written by the caller between steps
     *,
-    grammar_masks: TokenMasks | None = None,
+    grammar_masks: RowMasks | None = None,
     repetition_penalty: float = 1.0,
     contrast: float | Sequence[float] = 0.0,
     reference: ContrastReference = "plain",

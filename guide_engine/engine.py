@@ -6,14 +6,14 @@ import json
 import threading
 import time
 from collections.abc import Generator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import torch
 
 from .alignment import AppliedSpan, EncodedPrompt, Prompt, encode_prompt
 from .attention import ATTENTION_NAME, build_state
-from .constraints import GrammarCompiler, TokenMasks, request_grammar
+from .constraints import GrammarCompiler, request_grammar
 from .decoding import RowDecoder, contrast_plan, decode_steps, left_pad
 from .errors import (
     ContextLengthError,
@@ -25,6 +25,7 @@ from .errors import (
 from .influence import InfluenceHooks, InfluenceResult, attach_hooks, compute_influence
 from .kv_cache import CompiledDecoding
 from .loading import load_model_and_tokenizer
+from .markup_masks import MarkupVocabulary, RowMasks
 from .options import (
     EngineDefaults,
     FinishReason,
@@ -35,7 +36,16 @@ from .options import (
     check_positive_int,
     request_options,
 )
-from .tools import ToolCall, has_tool_traffic, parse_tool_call, prepare_messages, template_uses_tools
+from .tools import (
+    TOOL_CALL_OPEN,
+    AnsweredCall,
+    ToolCall,
+    answered_calls,
+    has_tool_traffic,
+    parse_tool_call,
+    prepare_messages,
+    template_uses_tools,
+)
 
 __all__ = ["GenerationResult", "GenerationStream", "GuideEngine"]
 
@@ -60,10 +70,11 @@ class GenerationResult:
             Only a request that may call tools (``tools`` given, ``tool_choice`` not ``"none"``) has calls.
         parsed: the parsed JSON value for a JSON ``response_format`` (``None`` otherwise, or when the
             output was cut short by ``max_new_tokens``).
-        dropped_markup: tool-call markup taken out of ``text`` that is not in ``tool_calls``: every
-            ``<tool_call>…</tool_call>`` block of a request that may not call tools (no tools, or
-            ``tool_choice="none"``), a call cut short (by ``max_new_tokens``, a stop string, the
-            timeout), and a marker cut in the middle at the end of an answer cut short (``"<tool"``).
+        dropped_markup: tool-call markup taken out of ``text`` that is not in ``tool_calls``: a call
+            cut short (by ``max_new_tokens``, a stop string, the timeout), a marker cut in the middle
+            at the end of an answer cut short (``"<tool"``), and under ``tool_choice="auto"`` a call
+            identical to one the conversation already answered (the turn is then decoded again as
+            text). A request that may not call tools cannot write markup (``markup_masks``).
     """
 
     text: str
@@ -167,6 +178,7 @@ class GuideEngine:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids, default=0)
         self.pad_id = int(pad)
         self.grammars = GrammarCompiler(tokenizer, sorted(self.eos_ids))
+        self.markup_vocabulary = MarkupVocabulary(tokenizer)
         self._template_tools: bool | None = None
         self._template_lock = threading.Lock()
         self.model.eval()
@@ -302,7 +314,7 @@ class GuideEngine:
         request = self.request_options(**options)
         deadline = _deadline(request)
         encoded = self._tokenize_checked(prompt, request)
-        return GenerationStream(self._one_row_pieces(encoded, request, deadline))
+        return GenerationStream(self._one_row_pieces(encoded, request, deadline, answered_calls(prompt)))
 
     def generate_batch(self, prompts: Sequence[Prompt], **options: Any) -> list[GenerationResult]:
         """Generate for several prompts in one left-padded batch; each row keeps its own spans."""
@@ -311,15 +323,16 @@ class GuideEngine:
         request = self.request_options(**options)
         deadline = _deadline(request)
         encoded = [self._tokenize_checked(p, request) for p in prompts]
-        return _return_value_of(self._decode_rows(encoded, request, deadline))  # each row's text is in its result
+        answered = [answered_calls(p) for p in prompts]
+        return _return_value_of(self._decode_rows(encoded, request, deadline, answered))  # texts are in the results
 
     # -------------------------------------------------------------------------------- internals
 
     def _one_row_pieces(
-        self, encoded: EncodedPrompt, request: RequestOptions, deadline: float | None
+        self, encoded: EncodedPrompt, request: RequestOptions, deadline: float | None, answered: list[AnsweredCall]
     ) -> Generator[str, None, GenerationResult]:
         """:meth:`_decode_rows` of one prompt, for :class:`GenerationStream`: its pieces, then its result."""
-        pieces = self._decode_rows([encoded], request, deadline)
+        pieces = self._decode_rows([encoded], request, deadline, [answered])
         try:
             while True:
                 try:
@@ -333,17 +346,60 @@ class GuideEngine:
             pieces.close()
 
     def _decode_rows(
-        self, encoded: list[EncodedPrompt], request: RequestOptions, deadline: float | None
+        self,
+        encoded: list[EncodedPrompt],
+        request: RequestOptions,
+        deadline: float | None,
+        answered: Sequence[list[AnsweredCall]] | None = None,
     ) -> Generator[tuple[int, str], None, list[GenerationResult]]:
         """The one decoding driver behind :meth:`generate`, :meth:`stream` and :meth:`generate_batch`.
 
         Yields ``(row, piece)`` as each row's text becomes safe to show and returns one result per
-        row. It owns the row decoders, ``rows_done`` (the rows that hit end of sequence or a stop
-        string, which the token loop feeds padding and the grammar masks skip) and the deadline.
-        Closing it stops the model at once.
+        row. Under ``tool_choice="auto"``, a call identical to one of the row's ``answered`` calls
+        (:func:`~guide_engine.tools.answered_calls`) is not a call: it goes to ``dropped_markup``,
+        and a row left without calls is decoded again as text (``tool_choice="none"``), the text
+        streamed as usual (a row of calls streamed nothing).
 
         Raises:
             GenerationTimeoutError: past ``deadline``; ``.partial`` holds one result per row.
+        """
+        answered = answered or [[] for _ in encoded]
+        results = yield from self._decode_once(encoded, request, deadline, answered)
+        again = [row for row, result in enumerate(results) if _only_repeats(result, request, answered[row])]
+        if not again:
+            return results
+        text_only = replace(request, tool_choice="none")
+        redo = self._decode_once([encoded[row] for row in again], text_only, deadline, [[] for _ in again])
+        try:
+            while True:
+                try:
+                    row, piece = next(redo)
+                except StopIteration as done:
+                    texts: list[GenerationResult] = done.value
+                    break
+                yield again[row], piece
+        except GenerationTimeoutError as timeout:
+            for row, partial in zip(again, timeout.partial):
+                results[row] = _after_repeats(partial, results[row])
+            raise GenerationTimeoutError(str(timeout), results) from None
+        finally:
+            redo.close()
+        for row, text in zip(again, texts):
+            results[row] = _after_repeats(text, results[row])
+        return results
+
+    def _decode_once(
+        self,
+        encoded: list[EncodedPrompt],
+        request: RequestOptions,
+        deadline: float | None,
+        answered: Sequence[list[AnsweredCall]],
+    ) -> Generator[tuple[int, str], None, list[GenerationResult]]:
+        """One pass of the model over the rows: :meth:`_decode_rows` without the second pass.
+
+        It owns the row decoders, ``rows_done`` (the rows that hit end of sequence or a stop
+        string, which the token loop feeds padding and the grammar masks skip) and the deadline.
+        Closing it stops the model at once.
         """
         decoders = [self._row_decoder(request) for _ in encoded]
         rows_done = torch.zeros(len(encoded), dtype=torch.bool)  # (batch,), written here, read by the loop
@@ -362,7 +418,7 @@ class GuideEngine:
                 if deadline is not None and time.monotonic() > deadline:
                     for decoder in decoders:
                         decoder.finish("timeout")
-                    partial = [self._result(e, d, request) for e, d in zip(encoded, decoders)]
+                    partial = [self._result(*row, request) for row in zip(encoded, decoders, answered)]
                     raise GenerationTimeoutError(_timeout_message(request), partial)
         finally:
             tokens.close()
@@ -370,7 +426,7 @@ class GuideEngine:
             rest = decoder.finish()  # the held-back text of a row cut by the token budget
             if rest:
                 yield row, rest
-        return [self._result(e, d, request) for e, d in zip(encoded, decoders)]
+        return [self._result(*row, request) for row in zip(encoded, decoders, answered)]
 
     def _token_loop(
         self, encoded: list[EncodedPrompt], request: RequestOptions, rows_done: torch.Tensor
@@ -389,7 +445,7 @@ class GuideEngine:
             self._token_budget(encoded, request),
             self.pad_id,
             rows_done,
-            grammar_masks=self._grammar_masks(request, len(encoded)),
+            grammar_masks=self._grammar_masks(request, encoded),
             repetition_penalty=request.repetition_penalty,
             contrast=plan.gammas,
             reference=plan.reference,
@@ -405,18 +461,21 @@ class GuideEngine:
             budget = min(budget, self.context_length - max(len(e.input_ids) for e in encoded))
         return budget
 
-    def _grammar_masks(self, request: RequestOptions, rows: int) -> TokenMasks | None:
-        """One grammar matcher per row when the request constrains its output, else ``None``."""
+    def _grammar_masks(self, request: RequestOptions, encoded: list[EncodedPrompt]) -> RowMasks:
+        """One grammar matcher per row when the request constrains its output; else, as the request
+        may not call tools, masks that keep each row from beginning a tool call."""
         grammar = request_grammar(request)
         if grammar is None:
-            return None
-        return self.grammars.masks([self.grammars.matcher(grammar) for _ in range(rows)])
+            return self.markup_vocabulary.masks([TOOL_CALL_OPEN in e.text for e in encoded])
+        return self.grammars.masks([self.grammars.matcher(grammar) for _ in encoded])
 
     def _row_decoder(self, request: RequestOptions) -> RowDecoder:
         # JSON output keeps "<tool_call>" inside a string value: it is data there, not markup.
         return RowDecoder(self.tokenizer, request.stop, self.eos_ids, tool_markup=request.response_format is None)
 
-    def _result(self, encoded: EncodedPrompt, decoder: RowDecoder, request: RequestOptions) -> GenerationResult:
+    def _result(
+        self, encoded: EncodedPrompt, decoder: RowDecoder, answered: list[AnsweredCall], request: RequestOptions
+    ) -> GenerationResult:
         decoder.finish()
         finish_reason: FinishReason = decoder.finish_reason or "length"
         influence = None
@@ -425,6 +484,8 @@ class GuideEngine:
         text, calls, dropped, parsed = decoder.text, list[ToolCall](), list[str](), None
         for block in decoder.blocks:
             call = parse_tool_call(block) if request.calls_tools else None
+            if call is not None and request.tool_choice == "auto" and (call.name, call.arguments) in answered:
+                call = None  # a repeat of an answered call: see `_decode_rows`
             if call is None:
                 dropped.append(block)
             else:
@@ -484,6 +545,19 @@ class GuideEngine:
                 f"metric={request.metric!r} needs an influence span: wrap the text to measure in <?-> … <-?>"
             )
         return encoded
+
+
+def _only_repeats(result: GenerationResult, request: RequestOptions, answered: list[AnsweredCall]) -> bool:
+    """Whether a row ended by itself with calls, every one a repeat of an ``answered`` call."""
+    if request.tool_choice != "auto" or result.tool_calls or result.text.strip() or result.finish_reason != "stop":
+        return False
+    calls = [parse_tool_call(block) for block in result.dropped_markup]
+    return bool(calls) and all(c is not None and (c.name, c.arguments) in answered for c in calls)
+
+
+def _after_repeats(text: GenerationResult, repeats: GenerationResult) -> GenerationResult:
+    """The text pass of a row whose first pass only repeated answered calls (reported as dropped)."""
+    return replace(text, dropped_markup=repeats.dropped_markup + text.dropped_markup)
 
 
 _Returned = TypeVar("_Returned")

@@ -22,7 +22,9 @@ __all__ = [
     "TOOL_CALL_CLOSE",
     "TOOL_CALL_OPEN",
     "TOOL_CHOICES",
+    "AnsweredCall",
     "ToolCall",
+    "answered_calls",
     "ToolMarkupFilter",
     "ToolSpec",
     "check_tool_choice",
@@ -92,6 +94,10 @@ class ToolCall:
     def to_dict(self) -> dict[str, Any]:
         """The OpenAI-style dict an assistant message carries in ``tool_calls``."""
         return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
+
+
+AnsweredCall = tuple[str, dict[str, Any]]
+"""A call that a tool result answered: its name and arguments."""
 
 
 def new_call_id() -> str:
@@ -194,6 +200,33 @@ def fallback_tool_text(tools: Sequence[ToolSpec]) -> str:
         for t in tools
     ]
     return FALLBACK_HEADER + "\n" + escape_tags("\n".join(lines))
+
+
+def answered_calls(prompt: Any) -> list[AnsweredCall]:
+    """The calls of a conversation that a tool result answers, as ``(name, arguments)``.
+
+    A tool result answers the call whose id is its ``tool_call_id``; one without a
+    ``tool_call_id`` answers the calls of the assistant turn before it.
+    """
+    if isinstance(prompt, str):
+        return []
+    pending: dict[str, AnsweredCall] = {}
+    last_turn: list[AnsweredCall] = []
+    answered: list[AnsweredCall] = []
+    for message in prompt:
+        if not isinstance(message, Mapping):
+            continue
+        if message.get("tool_calls"):
+            calls = [_call_dict(call) for call in message["tool_calls"]]
+            last_turn = [(c["function"]["name"], c["function"]["arguments"]) for c in calls]
+            pending.update((c["id"], call) for c, call in zip(calls, last_turn))
+        elif message.get("role") == "tool":
+            call_id = message.get("tool_call_id")
+            if call_id in pending:
+                answered.append(pending.pop(call_id))
+            elif not call_id:
+                answered.extend(last_turn)
+    return answered
 
 
 def has_tool_traffic(messages: Any) -> bool:

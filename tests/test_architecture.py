@@ -24,6 +24,7 @@ LAYERS = [
     "tools",
     "options",
     "constraints",
+    "markup_masks",
     "plots",
     "attention",
     "influence",

@@ -8,6 +8,7 @@ is also tested on its own, without a model (the unit stage).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +64,38 @@ def test_create_agent_does_a_tool_round_trip(real_engine: GuideEngine) -> None:
     final = result["messages"][3]
     assert final.content and not final.tool_calls
     assert "<!!->" in SYSTEM_PROMPT and [s["level"] for s in final.response_metadata["spans"]] == [2]
+
+
+LONG_WEATHER = (
+    "Weather report for {city}: sunny skies all day, temperature 21 C, light wind from the west at "
+    "10 km/h, humidity 40 percent, no rain expected this week."
+)
+
+
+def agents_snippet() -> str:
+    """The Python block under "## Agents" in docs/langchain.md."""
+    section = (ROOT / "docs" / "langchain.md").read_text().split("## Agents\n", 1)
+    assert len(section) == 2, "docs/langchain.md has no 'Agents' section"
+    found = re.search(r"```python\n(.*?)```", section[1], re.DOTALL)
+    assert found, "the Agents section has no Python snippet"
+    return found.group(1)
+
+
+@real_model
+@pytest.mark.parametrize("output", ["as written", "longer tool output"])
+def test_the_docs_agent_snippet_ends_with_a_text_answer(real_engine: GuideEngine, output: str) -> None:
+    """Issue 27: docs/langchain.md's create_agent snippet, run verbatim, ends in words."""
+    snippet = agents_snippet()
+    written = 'return f"It is sunny and 21 degrees in {city}."'
+    assert written in snippet
+    if output != "as written":
+        snippet = snippet.replace(written, f"return {LONG_WEATHER!r}.format(city=city)")
+    namespace: dict = {}
+    exec(compile(snippet, "docs/langchain.md", "exec"), namespace)
+    messages = namespace["state"]["messages"]
+    assert [m.type for m in messages] == ["human", "ai", "tool", "ai"], messages
+    final = messages[-1]
+    assert final.content.strip() and not final.tool_calls and "<tool" not in final.content, final
 
 
 def test_the_agent_example_checks_what_escaping_guarantees_and_says_what_it_does_not(capsys) -> None:

@@ -10,7 +10,8 @@ import torch
 
 from guide_engine import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, GuideEngine, GuideValueError
 from guide_engine.decoding import RowDecoder
-from guide_engine.tools import FALLBACK_HEADER, ToolMarkupFilter, parse_tool_call
+from guide_engine.markup_masks import LINE_START, MARKUP_STARTS, markup_state
+from guide_engine.tools import FALLBACK_HEADER, ToolMarkupFilter, answered_calls, parse_tool_call
 from tests.reference import tiny_model
 from tests.schema_check import errors
 from tests.scripted import AFTER_A_TOOL, CALL, scripted_engine
@@ -246,22 +247,121 @@ def test_a_stop_string_inside_a_call_leaves_it_cut_short(smol_tokenizer):
 
 
 @pytest.mark.parametrize("options", [{}, {"tools": TOOLS, "tool_choice": "none"}], ids=["no tools", "tool_choice=none"])
-def test_markup_a_request_may_not_call_is_dropped_and_reported(smol_tokenizer, options):
+def test_a_request_that_may_not_call_cannot_write_markup(smol_tokenizer, options):
+    """Issue 27: decoding cannot write a call that would be dropped; the model must write text instead.
+
+    The scripted model wants ``"It is sunny.\n" + CALL``; the mask forbids the ``"<"`` that starts
+    the call's line (the prompt shows calls), so it writes on in words (noise, for this model).
+    """
     engine = scripted_engine(smol_tokenizer, "It is sunny.\n" + CALL)
     stream = engine.stream(AFTER_A_TOOL, max_new_tokens=60, **options)
     pieces = list(stream)
     result = stream.result
-    assert (result.text, result.tool_calls, result.dropped_markup) == ("It is sunny.", [], [CALL])
-    assert "".join(pieces) == result.text and result.finish_reason == "stop"
-    assert engine.generate(AFTER_A_TOOL, max_new_tokens=60, **options).text == "It is sunny."
+    assert (result.tool_calls, result.dropped_markup) == ([], [])
+    assert result.text.startswith("It is sunny.\n") and len(result.text) > len("It is sunny.\n")
+    assert not any(marker in result.text for marker in MARKUP_STARTS), result.text
+    assert "".join(pieces) == result.text
+    assert engine.generate(AFTER_A_TOOL, max_new_tokens=60, **options).text == result.text
     (row,) = engine.generate_batch([AFTER_A_TOOL], max_new_tokens=60, **options)
-    assert (row.text, row.dropped_markup) == ("It is sunny.", [CALL])
+    assert (row.text, row.dropped_markup) == (result.text, [])
+
+
+def test_markup_cannot_begin_anywhere_when_the_prompt_shows_no_calls(smol_tokenizer):
+    """Without tools or tool traffic a line may begin with "<", but the text never reaches "<tool"."""
+    engine = scripted_engine(smol_tokenizer, "<b>Sunny</b> " + CALL)
+    result = engine.generate("Weather?", max_new_tokens=40)
+    assert result.text.startswith("<b>Sunny</b> <") and result.dropped_markup == []
+    assert not any(marker in result.text for marker in MARKUP_STARTS), result.text
+
+
+@pytest.mark.parametrize(
+    ("text", "state"),
+    [("", ""), ("a <", "<"), ("<to", "<to"), ("</", "</"), ("</t", "</t"), ("<tool", ""), ("x<<", "<"), ("<a", "")],
+)
+def test_markup_state_is_the_end_that_may_begin_a_marker(text, state):
+    assert markup_state(text) == state
+
+
+def test_the_vocabulary_forbids_the_last_token_of_every_split_of_the_markers(smol_tokenizer):
+    """Whatever tokens the model splits a marker into, the token that would complete it is forbidden."""
+    vocabulary = GuideEngine(tiny_model("llama"), smol_tokenizer).markup_vocabulary
+    texts = vocabulary.texts()
+
+    def forbidden(state):
+        return {texts[i] for i in vocabulary.forbidden(state).tolist()}
+
+    for marker in MARKUP_STARTS:
+        for cut in range(len(marker)):
+            state = markup_state(marker[:cut])
+            ids = smol_tokenizer(marker[cut:], add_special_tokens=False)["input_ids"]
+            for token in ids[:-1]:
+                state = markup_state(state + texts[token])
+            assert texts[ids[-1]] in forbidden(state), (marker, cut)
+            assert not {"a", " the", "<"} & forbidden(state)  # ordinary text stays allowed
+    assert {"<", " <"} <= forbidden(LINE_START) and smol_tokenizer.eos_token not in forbidden(LINE_START)
+
+
+PARIS_WEATHER = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+]
+"""A tool whose calls the scripted ``CALL`` is one of."""
+
+ANSWERED_TWICE = [
+    *AFTER_A_TOOL,
+    {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [{"id": "call_2", "function": {"name": "add", "arguments": '{"a": 1, "b": 2}'}}],
+    },
+    {"role": "tool", "content": "3"},  # no tool_call_id: it answers the turn before it
+]
+
+
+def test_answered_calls_are_the_calls_a_tool_result_answers():
+    unanswered = [*ANSWERED_TWICE[:-1], {"role": "user", "content": "and?"}]
+    assert answered_calls(ANSWERED_TWICE) == [("get_weather", {"city": "Paris"}), ("add", {"a": 1, "b": 2})]
+    assert answered_calls(unanswered) == [("get_weather", {"city": "Paris"})]
+    assert answered_calls("Weather?") == []
+
+
+@pytest.mark.parametrize("how", ["generate", "stream", "batch"])
+def test_a_repeated_answered_call_turns_into_text(smol_tokenizer, how):
+    """Issue 27's rule: under tool_choice="auto", a call identical to an answered one is not a call;
+    the repeat is reported in dropped_markup and the turn is decoded again as text."""
+    engine = scripted_engine(smol_tokenizer, CALL)
+    if how == "generate":
+        result = engine.generate(AFTER_A_TOOL, tools=PARIS_WEATHER, max_new_tokens=40)
+    elif how == "stream":
+        stream = engine.stream(AFTER_A_TOOL, tools=PARIS_WEATHER, max_new_tokens=40)
+        pieces = list(stream)
+        result = stream.result
+        assert "".join(pieces) == result.text
+    else:
+        prompts = [AFTER_A_TOOL, "Weather in Paris?"]
+        result, fresh = engine.generate_batch(prompts, tools=PARIS_WEATHER, max_new_tokens=40)
+        assert [c.name for c in fresh.tool_calls] == ["get_weather"]  # not answered in its conversation: a call
+    assert result.tool_calls == [] and result.dropped_markup == [CALL]
+    assert result.text.strip() and not any(marker in result.text for marker in MARKUP_STARTS), result.text
+    assert result.finish_reason in ("stop", "length")
+
+
+def test_a_repeat_stays_a_call_when_a_call_is_required(smol_tokenizer):
+    engine = scripted_engine(smol_tokenizer, CALL)
+    for choice in ("required", "get_weather"):
+        result = engine.generate(AFTER_A_TOOL, tools=PARIS_WEATHER, tool_choice=choice, max_new_tokens=40)
+        assert [(c.name, c.arguments) for c in result.tool_calls] == [("get_weather", {"city": "Paris"})], choice
 
 
 def test_a_call_cut_short_is_never_text(smol_tokenizer):
     engine = scripted_engine(smol_tokenizer, CALL)
     budget = len(smol_tokenizer(CALL[:25], add_special_tokens=False)["input_ids"])
-    result = engine.generate("Weather?", max_new_tokens=budget)
+    result = engine.generate("Weather?", tools=TOOLS, tool_choice="required", max_new_tokens=budget)
     assert (result.text, result.finish_reason, result.tool_calls) == ("", "length", [])
     (markup,) = result.dropped_markup
     assert markup.startswith(TOOL_CALL_OPEN) and CALL.startswith(markup)

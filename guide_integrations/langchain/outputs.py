@@ -20,7 +20,7 @@ from langchain_core.messages.tool import InvalidToolCall, ToolCall, invalid_tool
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 
 from guide_engine import GenerationResult
-from guide_engine.tools import TOOL_CALL_OPEN
+from guide_engine.tools import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 
 from ..core import token_usage
 
@@ -81,8 +81,10 @@ def to_ai_message(result: GenerationResult, model_name: str, *, may_call_tools: 
 
 
 def cut_calls(result: GenerationResult) -> list[str]:
-    """The calls the model began but did not finish (cut by ``max_tokens``), as their markup."""
-    return [markup for markup in result.dropped_markup if markup.startswith(TOOL_CALL_OPEN)]
+    """The calls the model began but did not finish (cut by ``max_tokens``), as their markup (a whole
+    call in ``dropped_markup`` repeated an answered one: no call, and not invalid either)."""
+    dropped = result.dropped_markup
+    return [markup for markup in dropped if markup.startswith(TOOL_CALL_OPEN) and not markup.endswith(TOOL_CALL_CLOSE)]
 
 
 def invalid_tool_calls(result: GenerationResult) -> list[InvalidToolCall]:
