@@ -20,6 +20,7 @@ import torch
 
 from .errors import GuideError, GuideValueError, MissingDependencyError
 from .options import RequestOptions
+from .schema_errors import unsupported_schema_message
 from .tools import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, ToolSpec
 
 __all__ = ["JSON_STYLE", "GrammarCompiler", "TokenMasks", "json_schema_grammar", "request_grammar", "tool_call_grammar"]
@@ -65,22 +66,36 @@ def closed_objects(schema: Any) -> Any:
 def _checked(grammar: str, what: str) -> str:
     error = load_llguidance().LLMatcher.validate_grammar(grammar)
     if error:
-        raise GuideValueError(f"{what} cannot be enforced: {error.strip().splitlines()[0]}")
+        raise GuideValueError(f"{what} cannot be enforced: {' '.join(error.split())}")
     return grammar
+
+
+def _schema_error(schema: Mapping[str, Any]) -> str | None:
+    """llguidance's error for ``schema``, or ``None`` when it compiles."""
+    llguidance = load_llguidance()
+    try:
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(closed_objects(schema), defaults=JSON_STYLE)
+    except (ValueError, TypeError) as error:
+        return str(error)
+    return llguidance.LLMatcher.validate_grammar(grammar) or None
 
 
 def json_schema_grammar(schema: Mapping[str, Any], what: str = "response_format schema") -> str:
     """The grammar of JSON values that validate against ``schema`` (laid out as :data:`JSON_STYLE`).
 
     Raises:
-        GuideValueError: when llguidance cannot compile the schema (the message names ``what``).
+        GuideValueError: when llguidance cannot compile the schema; the message names ``what``, the
+            field and the keyword it cannot enforce, and what to do (:mod:`.schema_errors`).
     """
     llguidance = load_llguidance()
     try:
         grammar = llguidance.LLMatcher.grammar_from_json_schema(closed_objects(schema), defaults=JSON_STYLE)
     except (ValueError, TypeError) as error:
         raise GuideValueError(f"{what} is not a JSON schema: {error}") from None
-    return _checked(grammar, what)
+    unsupported = llguidance.LLMatcher.validate_grammar(grammar)
+    if unsupported:
+        raise GuideValueError(unsupported_schema_message(schema, what, unsupported, _schema_error))
+    return grammar
 
 
 def tool_call_grammar(tools: Sequence[ToolSpec], tool_choice: str) -> str:
@@ -94,12 +109,16 @@ def tool_call_grammar(tools: Sequence[ToolSpec], tool_choice: str) -> str:
     rules = []
     for i, tool in enumerate(chosen):
         json_schema_grammar(tool.parameters, f"tool {tool.name!r} parameters")  # names the bad tool
+        arguments = dict(closed_objects(tool.parameters))
+        # `#/$defs/...` references point at the root of the schema: the definitions move up with them.
+        definitions = {key: arguments.pop(key) for key in ("$defs", "definitions") if key in arguments}
         body = {
             "type": "object",
-            "properties": {"name": {"const": tool.name}, "arguments": closed_objects(tool.parameters)},
+            "properties": {"name": {"const": tool.name}, "arguments": arguments},
             "required": ["name", "arguments"],
             "additionalProperties": False,
             "x-guidance": JSON_STYLE,
+            **definitions,
         }
         rules.append(f"tool_{i}: %json {json.dumps(body)}")
     alternatives = " | ".join(f"tool_{i}" for i in range(len(chosen)))

@@ -19,6 +19,7 @@ INTEGRATIONS = ROOT / "guide_integrations"
 
 LAYERS = [
     "errors",
+    "schema_errors",
     "tags",
     "alignment",
     "tools",

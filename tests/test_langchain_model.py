@@ -416,7 +416,10 @@ def test_every_structured_answer_parses_and_validates_on_twenty_prompts(real_eng
     assert set(movie) == {"title", "year"} and isinstance(movie["year"], int)
     called = llm.with_structured_output(Person, method="function_calling", include_raw=True).invoke(PEOPLE_PROMPTS[0])
     assert isinstance(called["parsed"], Person) and called["parsing_error"] is None and called["raw"].tool_calls
-    assert isinstance(llm.with_structured_output(None, method="json_mode").invoke("A JSON object about cats."), dict)
+    # A prompt with a natural end: "A JSON object about cats." loops past any budget on this model,
+    # and an answer cut short is an error, not a dict (issue 27).
+    cat = llm.with_structured_output(None, method="json_mode").invoke("A JSON object with a cat's name and age.")
+    assert isinstance(cat, dict) and cat
 
 
 def test_a_tool_message_round_trip_reads_the_result_as_text(real_engine: GuideEngine) -> None:
