@@ -9,12 +9,11 @@ from typing import Any, Literal
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManager, CallbackManagerForLLMRun
 from langchain_core.globals import get_llm_cache
 from langchain_core.language_models import LangSmithParams, LanguageModelInput
-from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig
+from langchain_core.runnables import RunnableBinding, RunnableConfig
 from langchain_core.runnables.config import get_config_list
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -53,13 +52,13 @@ from .options import (
 from .outcomes import agenerate_outcome, generate_outcome, result_or_raise, runs_again
 from .outputs import chat_result, closing_chunks, text_chunk, usage_chunk
 from .runs import RunAwareChatModel, RunEvents, take_run_events
-from .structured import StructuredMethod, structured_runnable
-from .tools import ToolLike, format_tools, tool_options
+from .structured import ToolsAndSchemas
+from .tools import ToolLike, format_tools
 
 __all__ = ["ChatGuide", "GuideBinding"]
 
 
-class ChatGuide(RunAwareChatModel):
+class ChatGuide(ToolsAndSchemas, RunAwareChatModel):
     """A chat model whose prompts can emphasize text with GUIDE tags and measure its Influence.
 
     Tags written anywhere in the conversation (``<!-> … <-!>``, ``<!!-> … <-!!>``,
@@ -423,58 +422,6 @@ class ChatGuide(RunAwareChatModel):
         """
         return GuideBinding(bound=self, kwargs=kwargs, config={})
 
-    def bind_tools(
-        self,
-        tools: Sequence[ToolLike],
-        *,
-        tool_choice: str | dict[str, Any] | bool | None = None,
-        strict: bool | None = None,
-        **kwargs: Any,
-    ) -> Runnable[LanguageModelInput, AIMessage]:
-        """Let the model call ``tools``; its calls come back as ``AIMessage.tool_calls``.
-
-        Args:
-            tools: ``BaseTool`` objects, functions, pydantic models, TypedDicts or OpenAI-style tool
-                dicts (anything ``convert_to_openai_tool`` accepts).
-            tool_choice: ``None`` or ``"auto"`` (text or calls), ``"any"``/``"required"`` (at least
-                one call), ``"none"`` (text only), a tool's name or ``{"type": "function",
-                "function": {"name": ...}}`` (that tool).
-            strict: accepted for compatibility; calls always follow the tools' schemas (the
-                grammar enforces them).
-            **kwargs: other call options to bind (``delta_mid``, ``max_tokens``, ...).
-        """
-        return self.bind(**tool_options(tools, tool_choice), **kwargs)
-
-    def with_structured_output(
-        self,
-        schema: dict[str, Any] | type,
-        *,
-        method: StructuredMethod = "json_schema",
-        include_raw: bool = False,
-        strict: bool | None = None,
-        **kwargs: Any,
-    ) -> Runnable[LanguageModelInput, dict[str, Any] | BaseModel]:
-        """A runnable whose answers follow ``schema``: pydantic instances for a model, dicts otherwise.
-
-        An answer is parsed only when it is complete: one cut by ``max_tokens``, a stop string or
-        the timeout raises :class:`~guide_integrations.langchain.OutputCutShortError` (with
-        ``include_raw=True`` it is the ``parsing_error``, and ``parsed`` is ``None``). Options
-        bound before (``llm.bind(max_tokens=...)``) and given per call (``.invoke(q,
-        max_tokens=...)``) reach the model.
-
-        Args:
-            schema: a pydantic model, a TypedDict, a JSON schema or an OpenAI-style tool dict
-                (``json_mode`` also takes ``None``: any JSON object, returned as a dict). Models
-                and TypedDicts keep their whole schema (``$defs``, recursion, unions, enums).
-            method: ``"json_schema"`` (the answer is JSON that validates against the schema,
-                enforced by the grammar), ``"function_calling"`` (a forced call of a tool made from
-                the schema) or ``"json_mode"`` (any JSON object; describe the schema in the prompt).
-            include_raw: return ``{"raw", "parsed", "parsing_error"}`` instead of the parsed value.
-            strict: accepted for compatibility; ``json_schema`` and ``function_calling`` are always
-                strict (the grammar enforces the schema).
-        """
-        return structured_runnable(self, schema, method, include_raw, kwargs)
-
     # ----------------------------------------------------------------------- token counts
 
     def get_token_ids(self, text: str) -> list[int]:
@@ -571,33 +518,10 @@ def _open_stream(call: EngineCall) -> GenerationStream:
     return call.engine().stream(call.prompt, **call.options)
 
 
-class GuideBinding(RunnableBinding[LanguageModelInput, Any]):
+class GuideBinding(ToolsAndSchemas, RunnableBinding[LanguageModelInput, Any]):
     """``ChatGuide`` with bound call options, as ``ChatGuide.bind`` returns it.
 
     LangChain's ``RunnableBinding`` hands ``bind_tools`` and ``with_structured_output`` to the
-    model, which drops the bound options; here they stay bound, so
+    model, which drops the bound options; here they stay bound (:class:`ToolsAndSchemas`), so
     ``llm.bind(max_tokens=400).with_structured_output(Person)`` decodes with 400 tokens.
     """
-
-    def bind_tools(
-        self,
-        tools: Sequence[ToolLike],
-        *,
-        tool_choice: str | dict[str, Any] | bool | None = None,
-        strict: bool | None = None,
-        **kwargs: Any,
-    ) -> Runnable[LanguageModelInput, AIMessage]:
-        """:meth:`ChatGuide.bind_tools`, keeping the options bound so far."""
-        return self.bind(**tool_options(tools, tool_choice), **kwargs)
-
-    def with_structured_output(
-        self,
-        schema: dict[str, Any] | type,
-        *,
-        method: StructuredMethod = "json_schema",
-        include_raw: bool = False,
-        strict: bool | None = None,
-        **kwargs: Any,
-    ) -> Runnable[LanguageModelInput, dict[str, Any] | BaseModel]:
-        """:meth:`ChatGuide.with_structured_output`, keeping the options bound so far."""
-        return structured_runnable(self, schema, method, include_raw, kwargs)

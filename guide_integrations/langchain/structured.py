@@ -15,8 +15,8 @@ raises.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import Any, Literal, Protocol, get_type_hints, is_typeddict
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, get_type_hints, is_typeddict
 
 from langchain_core.exceptions import OutputParserException
 from langchain_core.language_models import LanguageModelInput
@@ -28,7 +28,7 @@ from langchain_core.outputs import ChatGeneration, Generation
 from langchain_core.runnables import Runnable, RunnableLambda
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter
 
 from guide_engine.errors import GuideError, GuideValueError
 
@@ -42,6 +42,7 @@ __all__ = [
     "json_schema",
     "structured_parser",
     "structured_runnable",
+    "ToolsAndSchemas",
     "with_raw",
 ]
 
@@ -255,14 +256,8 @@ def with_raw(llm: Runnable[LanguageModelInput, Any], parser: OutputParserLike) -
     return llm | RunnableLambda(raw_and_parsed, name="raw_and_parsed")
 
 
-class Bindable(Protocol):
-    """What :func:`structured_runnable` builds on: ``ChatGuide`` or a binding of it (both keep bound keywords)."""
-
-    def bind(self, **kwargs: Any) -> Runnable[LanguageModelInput, BaseMessage]: ...
-
-
 def structured_runnable(
-    llm: Bindable,
+    llm: ToolsAndSchemas,
     schema: Any,
     method: StructuredMethod,
     include_raw: bool,
@@ -291,3 +286,67 @@ def structured_runnable(
         )
     parser = structured_parser(schema, method)
     return with_raw(bound, parser) if include_raw else bound | parser
+
+
+class ToolsAndSchemas:
+    """``bind_tools`` and ``with_structured_output`` over ``self.bind``, for ``ChatGuide`` and its bindings.
+
+    ``ChatGuide.bind`` returns a ``GuideBinding``, whose ``bind`` merges options; both classes take
+    these two methods from here, so options bound before either call stay bound.
+    """
+
+    if TYPE_CHECKING:  # ChatGuide.bind and RunnableBinding.bind; not defined here, so the MRO finds theirs
+
+        def bind(self, **kwargs: Any) -> Runnable[LanguageModelInput, Any]: ...
+
+    def bind_tools(
+        self,
+        tools: Sequence[ToolLike],
+        *,
+        tool_choice: str | dict[str, Any] | bool | None = None,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Let the model call ``tools``; its calls come back as ``AIMessage.tool_calls``.
+
+        Args:
+            tools: ``BaseTool`` objects, functions, pydantic models, TypedDicts or OpenAI-style tool
+                dicts (anything ``convert_to_openai_tool`` accepts).
+            tool_choice: ``None`` or ``"auto"`` (text or calls), ``"any"``/``"required"`` (at least
+                one call), ``"none"`` (text only), a tool's name or ``{"type": "function",
+                "function": {"name": ...}}`` (that tool).
+            strict: accepted for compatibility; calls always follow the tools' schemas (the
+                grammar enforces them).
+            **kwargs: other call options to bind (``delta_mid``, ``max_tokens``, ...).
+        """
+        return self.bind(**tool_options(tools, tool_choice), **kwargs)
+
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type,
+        *,
+        method: StructuredMethod = "json_schema",
+        include_raw: bool = False,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, dict[str, Any] | BaseModel]:
+        """A runnable whose answers follow ``schema``: pydantic instances for a model, dicts otherwise.
+
+        An answer is parsed only when it is complete: one cut by ``max_tokens``, a stop string or
+        the timeout raises :class:`~guide_integrations.langchain.OutputCutShortError` (with
+        ``include_raw=True`` it is the ``parsing_error``, and ``parsed`` is ``None``). Options
+        bound before (``llm.bind(max_tokens=...)``) and given per call (``.invoke(q,
+        max_tokens=...)``) reach the model.
+
+        Args:
+            schema: a pydantic model, a TypedDict, a JSON schema or an OpenAI-style tool dict
+                (``json_mode`` also takes ``None``: any JSON object, returned as a dict). Models
+                and TypedDicts keep their whole schema (``$defs``, recursion, unions, enums).
+            method: ``"json_schema"`` (the answer is JSON that validates against the schema,
+                enforced by the grammar), ``"function_calling"`` (a forced call of a tool made from
+                the schema) or ``"json_mode"`` (any JSON object; describe the schema in the prompt).
+            include_raw: return ``{"raw", "parsed", "parsing_error"}`` instead of the parsed value.
+            strict: accepted for compatibility; ``json_schema`` and ``function_calling`` are always
+                strict (the grammar enforces the schema).
+        """
+        return structured_runnable(self, schema, method, include_raw, kwargs)
