@@ -1,6 +1,6 @@
 """Influence and attention rollout of a ``<?->`` span, in one forward pass and linear memory.
 
-For every decoder layer ℓ (SPEC section 4)::
+For every decoder layer ℓ (the definition in ``docs/influence.md``)::
 
     I⁽ℓ⁾ = (‖x⁽ℓ⁾‖₁ · I⁽ℓ⁻¹⁾ + ‖o⁽ℓ⁾‖₁ · Ā⁽ℓ⁾I⁽ℓ⁻¹⁾) / (‖x⁽ℓ⁾‖₁ + ‖o⁽ℓ⁾‖₁)      (influence)
     I⁽ℓ⁾ = (I⁽ℓ⁻¹⁾ + Ā⁽ℓ⁾I⁽ℓ⁻¹⁾) / 2                                          (rollout)
@@ -136,7 +136,7 @@ class InfluenceHooks:
         self._holders = 0
 
     def acquire(self) -> InfluenceHooks:
-        """Count one more holder (under the registry lock); return ``self``."""
+        """Count one more holder (under ``_hooks_lock``, which the caller holds); return ``self``."""
         self._holders += 1
         return self
 
