@@ -1,7 +1,8 @@
 """vLLM model classes with GUIDE: Δ in the KV cache through one extra key coordinate.
 
 The engine's prefill trick (:mod:`guide_engine.attention`), made permanent: every attention layer
-pads its heads to a head size vLLM's kernels support (64 → 80) and writes
+pads its heads to the smallest larger head size its attention backend accepts (:mod:`.heads`: 64 → 80
+on the CPU backend, → 72 on FlashAttention) and writes
 
     q′ = [q, 1, 0…],   k′ = [k, Δ_j / scale, 0…],   v′ = [v, 0…]
 
@@ -30,16 +31,19 @@ from typing import Any
 import torch
 from torch import nn
 from vllm.config import get_current_vllm_config
+from vllm.logger import init_logger
 from vllm.model_executor.layers.attention import Attention
 from vllm.model_executor.models.gemma3 import Gemma3ForCausalLM
 from vllm.model_executor.models.llama import LlamaForCausalLM
 from vllm.model_executor.models.mistral import MistralForCausalLM
 from vllm.model_executor.models.qwen2 import Qwen2ForCausalLM
 from vllm.model_executor.models.qwen3 import Qwen3ForCausalLM
+from vllm.v1.attention.selector import get_attn_backend
 
 from guide_engine.errors import ModelNotSupportedError
 
 from .codec import decode_ids
+from .heads import HeadPadding, choose_padding, padded_head_size, padding_summary
 
 __all__ = [
     "GuideAttention",
@@ -52,18 +56,7 @@ __all__ = [
     "padded_head_size",
 ]
 
-SUPPORTED_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
-"""Head sizes of vLLM's CPU attention backend (its ``get_supported_head_sizes``)."""
-
-
-def padded_head_size(head_dim: int) -> int:
-    """The smallest supported head size with room for one more coordinate (64 → 80)."""
-    for size in SUPPORTED_HEAD_SIZES:
-        if size > head_dim:
-            return size
-    raise ModelNotSupportedError(
-        f"head size {head_dim} leaves no room for GUIDE's coordinate; supported: {SUPPORTED_HEAD_SIZES}"
-    )
+logger = init_logger("vllm.guide")  # under vLLM's logger, so the line reaches the server's log in its format
 
 
 class DeltaBuffer:
@@ -94,11 +87,26 @@ class GuideAttention(Attention):
         if stock.head_size_v != stock.head_size:
             raise ModelNotSupportedError(f"{stock.layer_name}: GUIDE needs equal key and value head sizes")
         vllm_config = get_current_vllm_config()
+        attention_config = vllm_config.attention_config
+        padding = choose_padding(
+            stock.head_size,
+            stock.attn_backend,
+            lambda size: get_attn_backend(  # vLLM's selector, for this layer at another head size
+                size,
+                stock.dtype,
+                stock.kv_cache_dtype,
+                has_sink=stock.has_sink,
+                use_mm_prefix=stock.use_mm_prefix,
+                attn_type=stock.attn_type,
+                has_sliding_window=stock.sliding_window is not None,
+            ),
+            user_chose=attention_config.backend is not None or bool(attention_config.backend_per_kind),
+        )
         # Take the stock layer's place under its name, so the KV cache is allocated for the padded size.
         vllm_config.compilation_config.static_forward_context.pop(stock.layer_name)
         super().__init__(
             stock.num_heads,
-            padded_head_size(stock.head_size),
+            padding.padded,
             impl.scale,  # the stock scale: the padding changes no logit
             num_kv_heads=stock.num_kv_heads,
             cache_config=vllm_config.cache_config,
@@ -107,7 +115,9 @@ class GuideAttention(Attention):
             prefix=stock.layer_name,
             attn_type=stock.attn_type,
             kv_sharing_target_layer_name=stock.kv_sharing_target_layer_name,
+            attn_backend=padding.backend,  # how a vLLM model chooses a layer's backend
         )
+        self.padding = padding
         self.stock_head_size = stock.head_size
         self.key_scale = 1.0 / impl.scale
         self.delta = delta
@@ -148,9 +158,15 @@ class GuideModelMixin(nn.Module):
         self.guide_vocab = vllm_config.model_config.get_vocab_size()
         self.guide_delta = DeltaBuffer(vllm_config.scheduler_config.max_num_batched_tokens)
         stock_layers = [(parent, name, child) for parent in self.modules() for name, child in parent.named_children()]
+        paddings: list[tuple[HeadPadding, int, int]] = []
         for parent, name, child in stock_layers:
             if isinstance(child, Attention) and not isinstance(child, GuideAttention):
-                setattr(parent, name, GuideAttention(child, self.guide_delta))
+                layer = GuideAttention(child, self.guide_delta)
+                setattr(parent, name, layer)
+                if layer.kv_sharing_target_layer_name is None:  # a layer that reads another's cache adds none
+                    paddings.append((layer.padding, layer.num_kv_heads, layer.kv_cache_torch_dtype.itemsize))
+        if paddings:
+            logger.info(padding_summary(paddings))
 
     def embed_input_ids(self, input_ids: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         tokens, _ = decode_ids(input_ids, self.guide_vocab)
