@@ -122,21 +122,63 @@ class PayAttentionPipeline(TextGenerationPipeline):
         return records
 
     def _sampling_options(self, generate_kwargs: dict[str, Any]) -> dict[str, Any]:
-        config = generate_kwargs.get("generation_config", self.model.generation_config)
-        max_new = (
-            generate_kwargs.get("max_new_tokens", getattr(config, "max_new_tokens", None)) or self.engine.max_new_tokens
+        """The engine options of a tagged prompt's ``generate`` keywords; one it cannot honour raises.
+
+        Read from the keywords, else the model's ``generation_config``, as ``generate`` reads them:
+        ``max_new_tokens``, ``do_sample`` (with ``temperature``, ``top_p``, ``top_k``),
+        ``repetition_penalty`` and ``stop_strings``.
+        """
+        unsupported = sorted(
+            name
+            for name, value in generate_kwargs.items()
+            if name not in _ENGINE_GENERATE_KEYWORDS and _DEFAULT_GENERATE_VALUES.get(name, object()) != value
         )
-        do_sample = generate_kwargs.get("do_sample", getattr(config, "do_sample", False))
-        options: dict[str, Any] = {"max_new_tokens": int(max_new)}
-        if do_sample:
-            options["temperature"] = float(
-                generate_kwargs.get("temperature", getattr(config, "temperature", 1.0) or 1.0)
+        if unsupported:
+            raise GuideValueError(
+                f"a tagged prompt decodes in the GUIDE engine, which does not take {', '.join(unsupported)}; "
+                f"it takes {', '.join(sorted(_ENGINE_GENERATE_KEYWORDS - {'generation_config'}))} "
+                "(an untagged prompt runs transformers' own generate, with every keyword)"
             )
-            options["top_p"] = float(generate_kwargs.get("top_p", getattr(config, "top_p", 1.0) or 1.0))
+        config = generate_kwargs.get("generation_config", self.model.generation_config)
+
+        def read(name: str, default: Any) -> Any:
+            value = generate_kwargs.get(name, getattr(config, name, None))
+            return default if value is None else value
+
+        max_new = read("max_new_tokens", None) or self.engine.max_new_tokens
+        options: dict[str, Any] = {"max_new_tokens": int(max_new)}
+        if read("do_sample", False):
+            options["temperature"] = float(read("temperature", 1.0) or 1.0)
+            options["top_p"] = float(read("top_p", 1.0) or 1.0)
+            if int(read("top_k", 0)) > 0:
+                options["top_k"] = int(read("top_k", 0))
+        if float(read("repetition_penalty", 1.0)) != 1.0:
+            options["repetition_penalty"] = float(read("repetition_penalty", 1.0))
         stop = generate_kwargs.get("stop_strings")
         if stop:
             options["stop"] = stop
         return options
+
+
+_ENGINE_GENERATE_KEYWORDS = frozenset(
+    {
+        "max_new_tokens",
+        "do_sample",
+        "temperature",
+        "top_p",
+        "top_k",
+        "repetition_penalty",
+        "stop_strings",
+        "generation_config",
+        "pad_token_id",  # set by the pipeline for padding; one row has none
+        "eos_token_id",
+        "tokenizer",
+    }
+)
+"""``generate`` keywords a tagged prompt honours (or that do not change one row's greedy text)."""
+
+_DEFAULT_GENERATE_VALUES: dict[str, Any] = {"num_beams": 1, "num_return_sequences": 1}
+"""Keywords the engine lacks, accepted at their default value."""
 
 
 def register_pipeline() -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import pipeline
 
-from guide_engine import PayAttentionPipeline, strip_tags
+from guide_engine import GuideValueError, PayAttentionPipeline, strip_tags
 
 pytestmark = pytest.mark.real_model
 
@@ -75,6 +75,14 @@ def test_pay_attention_pipeline_keeps_the_seed_interface(real_engine, text_gener
     out = pipe(README_PROMPT, max_new_tokens=20, do_sample=False, return_full_text=False)[0]
     assert out["generated_text"] == real_engine.generate(README_PROMPT, max_new_tokens=20, delta_mid=1.0).text
     assert "influence" not in out
+    # Sampling keywords reach the engine: top_k=1 samples the greedy token, the penalty is the engine's.
+    top1 = pipe(README_PROMPT, max_new_tokens=12, do_sample=True, top_k=1, return_full_text=False)[0]
+    assert top1["generated_text"] == real_engine.generate(README_PROMPT, max_new_tokens=12).text
+    penalized = pipe(README_PROMPT, max_new_tokens=20, do_sample=False, repetition_penalty=1.5, return_full_text=False)
+    expected = real_engine.generate(README_PROMPT, max_new_tokens=20, repetition_penalty=1.5).text
+    assert penalized[0]["generated_text"] == expected
+    with pytest.raises(GuideValueError, match="does not take no_repeat_ngram_size, num_beams; it takes do_sample"):
+        pipe(README_PROMPT, max_new_tokens=4, num_beams=2, no_repeat_ngram_size=3)
 
 
 def test_pay_attention_pipeline_returns_influence(real_engine):
