@@ -26,6 +26,22 @@ Measures (goals from issue 18, reported met or missed; ``--strict`` makes a miss
 * decode ms/token of GUIDE eager, GUIDE compiled and stock ``generate`` with a static cache
   (which transformers compiles on accelerators): goals compiled ≤ 1.10× stock, ≥ 2× eager.
 
+The vLLM step (issue 29; on CUDA, where vLLM and this package's plugin are installed —
+``pip install --no-deps -e .`` — otherwise named as skipped; ``--skip-vllm`` leaves it out): ``guide
+serve`` on the embedded model, then plain vLLM on the same ``--gpu-memory-utilization``, each a
+server of its own whose log is kept beside ``--out``:
+
+* **vLLM fp32** — greedy tokens of a few tagged prompts equal GuideEngine's (agreement 1.000), where
+  a backend of the installed vLLM runs fp32 (FlashAttention and FlashInfer do not; vLLM's selector
+  then picks another, or refuses, and the check says which);
+* **vLLM bf16** — GuideEngine's agreement with the server is at most ``BF16_MARGIN`` (0.10) below
+  plain vLLM's with plain transformers on the untagged prompts;
+* measured: the backend and padded head size (GUIDE's start-up line), and the KV cache capacity in
+  tokens of both servers (vLLM's "KV cache size" line), and their ratio.
+
+CUDA graphs stay on (``--vllm-eager`` turns them off), so the step also checks that Δ's fixed buffer
+replays under them.
+
 On CPU the timings are printed but the goals are not judged (two shared cores measure noise).
 """
 
@@ -257,7 +273,8 @@ class Report:
     def markdown(self) -> str:
         lines = ["| check | result | detail | s |", "| --- | --- | --- | ---: |"]
         lines += [
-            f"| {c['check']} | {'pass' if c['ok'] else '**FAIL**'} | {c['detail']} | {c['seconds']} |"
+            f"| {c['check']} | {'skipped' if c['ok'] is None else 'pass' if c['ok'] else '**FAIL**'} "
+            f"| {c['detail']} | {c['seconds']} |"
             for c in self.checks
         ]
         lines += ["", "| measure | value | goal | met |", "| --- | ---: | --- | --- |"]
@@ -520,18 +537,220 @@ def decode_measures(report: Report, size: Size, device: str, dtype: torch.dtype,
     report.measure("decode eager / compiled", vs_eager, "×", f"≥ {goal}", vs_eager >= goal if judge else None)
 
 
-def vllm_check(report: Report, device: str) -> None:
-    """vLLM's GPU path (CUDA graphs, no ``--enforce-eager``) needs vLLM and a model folder with a
-    tokenizer; neither travels to the device machine (no network, 64 MiB), so it is named, not faked."""
+VLLM_PROMPTS = [
+    "<!!->Answer in French.<-!!> What is the capital of Italy?",
+    "<!!->Be very brief.<-!!> Explain photosynthesis.",
+    "<!!->Use a list.<-!!> Name three fruits.",
+    "<!!->Talk like a pirate.<-!!> Greet me.",
+    "<!!->Mention the ocean.<-!!> Describe a sunny day.",
+    "<!!->Use numbers.<-!!> How many legs does a spider have?",
+]
+"""Tagged prompts of the vLLM step (a few of tests/test_vllm.py's exactness prompts)."""
+VLLM_TOKENS = 32
+VLLM_DELTA = 2.0
+VLLM_MEMORY = "0.5"
+"""--gpu-memory-utilization of every server in the step: the same budget, so KV cache capacities compare."""
+BF16_MARGIN = 0.10
+"""bf16 tolerance: vLLM-GUIDE's agreement with GuideEngine may be this much below plain vLLM's with transformers."""
+VLLM_START_S = 900
+VLLM_EOS = 2  # SmolLM2's <|im_end|>: vLLM returns it, GuideEngine does not
+
+
+def agreement(ours: list[list[int]], theirs: list[list[int]]) -> float:
+    """Mean share of the generated tokens before the first disagreement (tests/test_vllm.py's measure)."""
+    shares = []
+    for a, b in zip(ours, theirs):
+        a, b = [t for t in a if t != VLLM_EOS], [t for t in b if t != VLLM_EOS]
+        same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        shares.append(same / max(len(a), len(b), 1))
+    return sum(shares) / len(shares)
+
+
+def _strip_tags(prompt: str) -> str:
+    from guide_engine import strip_tags
+
+    return str(strip_tags(prompt))
+
+
+@dataclass
+class Server:
+    """One vLLM server of the step: what it answered and what its log says."""
+
+    log: str
+    started: bool
+    tokens: list[list[int]] = field(default_factory=list)
+
+    def kv_tokens(self) -> int | None:
+        import re
+
+        found = re.findall(r"KV cache size: ([\d,]+) tokens", self.log)
+        return int(found[-1].replace(",", "")) if found else None
+
+    def backend(self) -> str:
+        import re
+
+        guide = re.findall(r"GUIDE attention heads: (.*)", self.log)
+        if guide:
+            return guide[-1].strip()
+        plain = re.findall(r"Using (\w+) (?:attention )?backend", self.log)
+        return plain[-1] if plain else "not in the log"
+
+
+def run_server(command: list[str], prompts: list[str], body: dict[str, Any], out: Path) -> Server:
+    """Start a vLLM server, send each prompt greedily, stop it; its log is kept in ``out``."""
+    import socket
+    import subprocess
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("VLLM_API_KEY", None)
+    with open(out, "w") as log:
+        process = subprocess.Popen([*command, "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    server = Server("", started=False)
+    try:
+        deadline = time.monotonic() + VLLM_START_S
+        while process.poll() is None and time.monotonic() < deadline and not server.started:
+            try:
+                with urllib.request.urlopen(base + "/health", timeout=2) as reply:
+                    server.started = reply.status == 200
+            except OSError:
+                pass
+            time.sleep(0 if server.started else 2)
+        for prompt in prompts if server.started else []:
+            request = {
+                "model": "default",
+                "messages": [{"role": "user", "content": prompt}],
+                "max_tokens": VLLM_TOKENS,
+                "temperature": 0,
+                "return_token_ids": True,
+                **body,
+            }
+            data = json.dumps(request).encode()
+            headers = {"Content-Type": "application/json"}
+            call = urllib.request.Request(base + "/v1/chat/completions", data=data, headers=headers)
+            with urllib.request.urlopen(call, timeout=120) as reply:
+                server.tokens.append(json.loads(reply.read())["choices"][0]["token_ids"])
+    finally:
+        process.terminate()
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        server.log = out.read_text()
+    return server
+
+
+def vllm_references(
+    folder: str, dtype: torch.dtype, prompts: list[str], device: str
+) -> tuple[list[list[int]], list[list[int]]]:
+    """GuideEngine's greedy tokens for the tagged prompts, plain transformers' for the untagged ones."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from guide_engine import GuideEngine
+
+    engine = GuideEngine.from_pretrained(folder, dtype=dtype, device_map=device)
+    guided = [engine.generate(p, max_new_tokens=VLLM_TOKENS, delta_mid=VLLM_DELTA).token_ids for p in prompts]
+    del engine
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa").to(device)
+    plain = []
+    for prompt in prompts:
+        messages = [{"role": "user", "content": _strip_tags(prompt)}]
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        ids = {k: v.to(device) for k, v in ids.items()}
+        out = model.generate(**ids, max_new_tokens=VLLM_TOKENS, do_sample=False)
+        plain.append(out[0, ids["input_ids"].shape[1] :].tolist())
+    del model
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return guided, plain
+
+
+def vllm_unavailable(device: str, on_cpu: bool = False) -> str | None:
+    """Why the vLLM step cannot run here, or ``None``."""
+    import importlib.metadata
     import importlib.util
 
-    name = "vLLM plugin without --enforce-eager"
-    if device != "cuda":
-        report.skip(name, "vLLM's GPU path needs CUDA")
-    elif importlib.util.find_spec("vllm") is None:
-        report.skip(name, "vLLM is not installed on this machine")
-    else:
-        report.skip(name, "vLLM is installed: run `pytest tests/test_vllm.py` here with the embedded model")
+    if device != "cuda" and not on_cpu:
+        return "vLLM's GPU path needs CUDA (--vllm-cpu runs the step on a CPU, slowly)"
+    if importlib.util.find_spec("vllm") is None:
+        return "vLLM is not installed in this environment (pip install vllm, then pip install --no-deps -e .)"
+    plugins = importlib.metadata.entry_points(group="vllm.general_plugins")
+    if not any(plugin.value.startswith("guide_integrations.vllm") for plugin in plugins):
+        return "GUIDE's vLLM plugin is not installed: pip install --no-deps -e . (vLLM finds it by its entry point)"
+    return None
+
+
+def vllm_step(report: Report, device: str, out_dir: Path, eager: bool, on_cpu: bool = False) -> None:
+    """``guide serve`` on the embedded model against GuideEngine (fp32 exact, bf16 within BF16_MARGIN), and its
+    KV cache capacity against plain vLLM's on the same memory budget."""
+    names = ("vLLM fp32: guide serve = GuideEngine", "vLLM bf16: guide serve ≈ GuideEngine")
+    reason = vllm_unavailable(device, on_cpu)
+    if reason is not None:
+        for name in names:
+            report.skip(name, reason)
+        return
+    from guide_integrations.vllm.model_files import model_folder
+
+    folder = model_folder()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # The same KV cache budget for every server: a share of the GPU, or (vLLM's CPU backend reads that
+    # share of all RAM, and refuses to start when less is free) 1 GiB on a CPU.
+    budget = ["--gpu-memory-utilization", VLLM_MEMORY] if device == "cuda" else ["--kv-cache-memory-bytes", "1G"]
+    common = ["--max-model-len", "2048", *budget, "--served-model-name", "default"]
+    common += ["--enforce-eager"] if eager else []
+    guide = [sys.executable, "-c", "from guide_integrations.cli import app; app()", "serve", "default", *common]
+    plain = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", folder, *common]
+    untagged = [_strip_tags(p) for p in VLLM_PROMPTS]
+    body = {"delta_mid": VLLM_DELTA}
+    servers: dict[str, Server] = {}
+
+    def fp32() -> str:
+        guided, _ = vllm_references(folder, torch.float32, VLLM_PROMPTS, device)
+        server = servers["guide fp32"] = run_server(
+            [*guide, "--dtype", "float32"], VLLM_PROMPTS, body, out_dir / "vllm-guide-fp32.log"
+        )
+        if not server.started and "No valid attention backend" in server.log:
+            return f"no backend of this vLLM runs fp32 here: {server.log.strip().splitlines()[-1][:160]}"
+        if not server.started:
+            raise AssertionError(f"guide serve --dtype float32 did not start; log: {out_dir / 'vllm-guide-fp32.log'}")
+        rate = agreement(server.tokens, guided)
+        if rate != 1.0:
+            raise AssertionError(f"greedy agreement {rate:.3f}, not 1.000 ({server.backend()})")
+        return f"{len(guided)} prompts × {VLLM_TOKENS} tokens equal; {server.backend()}"
+
+    def bf16() -> str:
+        guided, reference = vllm_references(folder, torch.bfloat16, VLLM_PROMPTS, device)
+        server = servers["guide bf16"] = run_server(
+            [*guide, "--dtype", "bfloat16"], VLLM_PROMPTS, body, out_dir / "vllm-guide-bf16.log"
+        )
+        stock = servers["plain bf16"] = run_server(
+            [*plain, "--dtype", "bfloat16"], untagged, {}, out_dir / "vllm-plain-bf16.log"
+        )
+        for label, each in (("guide serve", server), ("plain vLLM", stock)):
+            if not each.started:
+                raise AssertionError(f"{label} (bf16) did not start; logs in {out_dir}")
+        guide_rate, plain_rate = agreement(server.tokens, guided), agreement(stock.tokens, reference)
+        report.measure("vLLM bf16 agreement: guide serve / GuideEngine", guide_rate, "")
+        report.measure("vLLM bf16 agreement: plain vLLM / transformers", plain_rate, "")
+        if guide_rate < plain_rate - BF16_MARGIN:
+            raise AssertionError(f"agreement {guide_rate:.3f} < plain vLLM's {plain_rate:.3f} − {BF16_MARGIN}")
+        return (
+            f"agreement {guide_rate:.3f} (plain vLLM with transformers {plain_rate:.3f}, tolerance {BF16_MARGIN}); "
+            f"{server.backend()}; plain vLLM on {stock.backend()}"
+        )
+
+    report.check(names[0], fp32)
+    report.check(names[1], bf16)
+    guide_kv, plain_kv = (servers[k].kv_tokens() if k in servers else None for k in ("guide bf16", "plain bf16"))
+    if guide_kv and plain_kv:
+        report.measure("vLLM bf16 KV cache capacity: guide serve", guide_kv, "tokens")
+        report.measure("vLLM bf16 KV cache capacity: plain vLLM", plain_kv, "tokens")
+        report.measure("vLLM bf16 KV cache capacity: guide serve / plain", guide_kv / plain_kv, "×")
 
 
 # ------------------------------------------------------------------------------------- main
@@ -545,6 +764,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-measures", action="store_true", help="only the fused and exactness checks")
     parser.add_argument("--strict", action="store_true", help="a missed goal also exits 1")
     parser.add_argument("--out", default=None, help="write <out>.json and <out>.md")
+    parser.add_argument("--skip-vllm", action="store_true", help="leave out the vLLM step")
+    parser.add_argument("--vllm-eager", action="store_true", help="vLLM servers with --enforce-eager (no CUDA graphs)")
+    parser.add_argument("--vllm-cpu", action="store_true", help="run the vLLM step with --device cpu too (slow)")
     args = parser.parse_args(argv)
 
     device = args.device
@@ -569,7 +791,11 @@ def main(argv: list[str] | None = None) -> int:
         fused_checks(report, "smollm2-shape", size, device, torch.float32)  # memory-efficient's 4-alignment
     exactness_check(report, "smollm2-shape", Size(**{**size.__dict__, "small_layers": 4}), device, args.compile_backend)
     exactness_check(report, "llama3-8b-shape", Size(**{**size.__dict__, "big_layers": 2}), device, args.compile_backend)
-    vllm_check(report, device)
+    if args.skip_vllm:
+        report.skip("vLLM step", "--skip-vllm")
+    else:
+        logs = Path(args.out).parent if args.out else Path("gpu-check-vllm")
+        vllm_step(report, device, logs, args.vllm_eager, args.vllm_cpu)
     if not args.skip_measures:
         prefill_measures(report, size, device, low)
         decode_measures(report, size, device, low, args.compile_backend)
