@@ -155,11 +155,25 @@ def test_a_backend_the_user_fixed_that_accepts_no_larger_head_is_refused_naming_
 
 
 def test_on_the_cpu_platform_a_head_with_no_larger_cpu_size_is_refused(vllm_gpu_modules):
-    """vLLM's CPU platform returns its one backend for every size: GUIDE checks the size, it does not trust it."""
-    cpu = vllm_gpu_modules["CPU_ATTN"].get_class()
-    refused = "CPU_ATTN attention backend accepts no head size from 513 to 1024"
-    with pytest.raises(HeadSizeNotSupportedError, match=refused):
-        choose_padding(512, cpu, lambda size: cpu)
+    """vLLM's CPU selector returns its one backend for every size: GUIDE checks the size, it does not trust it."""
+    import torch
+    from vllm.config import VllmConfig, set_current_vllm_config
+    from vllm.platforms import current_platform
+    from vllm.v1.attention.selector import get_attn_backend
+
+    if not current_platform.is_cpu():
+        pytest.skip("vLLM's CPU platform is not the current one")
+
+    def select(size: int):  # what GuideAttention passes, for an fp32 sliding-window layer
+        return get_attn_backend(size, torch.float32, "auto", attn_type="decoder", has_sliding_window=True)
+
+    with set_current_vllm_config(VllmConfig()):
+        cpu = select(512)
+        assert cpu.get_name() == "CPU_ATTN"
+        assert choose_padding(256, cpu, select) == HeadPadding(256, 512, cpu)
+        refused = "CPU_ATTN attention backend accepts no head size from 513 to 1024; vLLM selects no other backend"
+        with pytest.raises(HeadSizeNotSupportedError, match=refused):
+            choose_padding(512, cpu, select)
 
 
 def test_the_log_line_prices_the_embedded_model_in_fp32(vllm_gpu_modules):
