@@ -381,6 +381,11 @@ class TestTheReadmeCommand:
         assert "GiB for KV cache" in text  # vLLM's line for an explicit budget
         assert "Explicitly set" in text
         assert "Downcasting" not in text
+        # issue 29: the padding's price, in one line at start (30 layers × K and V × 3 KV heads × 4 bytes)
+        price = (
+            "GUIDE attention heads: head size 64 → 80 on CPU_ATTN; KV cache 57600 bytes per token against 46080 stock"
+        )
+        assert price in text
         assert "Attempted to load weight" not in text
 
     def test_the_key_is_required_and_never_shown(self, readme):
