@@ -497,6 +497,8 @@ class GuideEngine:
                 parsed = json.loads(text)
             except json.JSONDecodeError:
                 parsed = None  # cut short (max_new_tokens, a stop string, the timeout)
+            if finish_reason == "length" and isinstance(parsed, (int, float)) and not isinstance(parsed, bool):
+                parsed = None  # "12" at the limit may be the start of 12345
         return GenerationResult(
             text=text,
             prompt_tokens=len(encoded.input_ids),

@@ -17,7 +17,7 @@ import pytest
 from langchain_core.runnables import RunnableBinding
 from langchain_core.utils.json import parse_partial_json
 from llama_index.core import PromptTemplate
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
 from guide_engine import GuideError, GuideValueError
 from guide_engine.errors import GenerationTimeoutError
@@ -139,6 +139,15 @@ def test_an_answer_cut_by_a_stop_string_is_never_an_object(llm, method):
     assert "stop string" in str(answer["parsing_error"])
 
 
+def test_a_number_cut_at_the_limit_is_not_parsed(llm):
+    # '1' is valid JSON, and may be the start of 136: at max_tokens only a closing mark proves the end.
+    answer = llm.bind(max_tokens=1).with_structured_output({"type": "integer"}, include_raw=True).invoke(QUESTION)
+    assert answer["raw"].response_metadata["finish_reason"] == "length"
+    assert answer["parsed"] is None and isinstance(answer["parsing_error"], OutputCutShortError)
+    fmt = {"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "integer"}}}
+    assert llm.engine.generate(QUESTION, response_format=fmt, max_new_tokens=1).parsed is None
+
+
 def test_an_answer_past_the_timeout_raises(llm):
     with pytest.raises(GenerationTimeoutError):
         llm.bind(max_tokens=64, timeout=1e-6).with_structured_output(Person).invoke(QUESTION)
@@ -172,8 +181,8 @@ NAMES = [
 @pytest.mark.parametrize("method", ["json_schema", "function_calling"])
 def test_chat_guide_sends_the_whole_schema(llm, method):
     structured = llm.with_structured_output(Node, method=method)
-    bound = structured.first if method == "json_schema" else structured.first
-    assert isinstance(bound, RunnableBinding)
+    bound = structured.first  # the model with its options bound, before the parser
+    assert isinstance(bound, RunnableBinding) and bound.bound is llm
     if method == "json_schema":
         sent = bound.kwargs["response_format"]["json_schema"]["schema"]
         assert sent == Node.model_json_schema()
@@ -200,9 +209,7 @@ def test_twenty_chat_guide_contacts_validate(llm, method):
             assert isinstance(answer["parsing_error"], OutputCutShortError), answer
     parsed = [a["parsed"] for a in answers if a["parsing_error"] is None]
     assert len(parsed) >= 18, [a["raw"].content for a in answers if a["parsing_error"] is not None]
-    for value in parsed:
-        assert isinstance(value, Contact)
-        Contact.model_validate_json(value.model_dump_json())
+    assert all(isinstance(value, Contact) for value in parsed)  # PydanticOutputParser validated each
 
 
 def test_twenty_recursive_answers_hold_only_nodes(llm):
@@ -224,24 +231,19 @@ def test_twenty_recursive_answers_hold_only_nodes(llm):
             assert isinstance(answer["parsing_error"], OutputCutShortError), answer
 
 
-@pytest.mark.parametrize("shape", sorted(SHAPES))
-def test_guide_llm_answers_per_shape_validate(real_engine, shape):
-    model = SHAPES[shape]
+def test_guide_llm_contacts_validate(real_engine):
     llm = GuideLLM(engine=real_engine, temperature=0.0, max_new_tokens=120)
-    prompt = PromptTemplate("Describe {name}'s {shape} as JSON.")
-    for name in NAMES[:4]:  # GuideLLM decodes one at a time: four per shape keep the suite short
+    prompt = PromptTemplate("Describe {name}'s contact as JSON.")
+    valid = 0
+    for name in NAMES[:4]:  # GuideLLM decodes one at a time: four keep the suite short
         try:
-            value = llm.structured_predict(model, prompt, name=name, shape=shape)
+            value = llm.structured_predict(Contact, prompt, name=name)
         except GuideValueError as error:  # cut at max_new_tokens: an error, never an object
             assert "cut at max_new_tokens" in str(error)
             continue
-        assert isinstance(value, model)
-
-
-def test_a_wrong_recursive_value_would_not_validate():
-    # The test above can fail: the grammar once let `children` hold [1, "Moloch"].
-    with pytest.raises(ValidationError):
-        Node.model_validate({"name": "Moloch", "children": [1, "Moloch"]})
+        assert isinstance(value, Contact)
+        valid += 1
+    assert valid >= 3
 
 
 # ---------------------------------------------------------------- 3. options reach the call
@@ -257,6 +259,17 @@ def test_bound_options_reach_the_call_with_and_without_include_raw(llm):
                 structured.invoke(QUESTION)
     tools = llm.bind(max_tokens=5).bind_tools([Person], tool_choice="Person")
     assert tools.invoke(QUESTION).usage_metadata["output_tokens"] == 5
+
+
+def test_options_bound_after_with_config_reach_the_call(llm):
+    configured = llm.with_config(tags=["trust"]).bind(max_tokens=5)
+    answer = configured.with_structured_output(Person, include_raw=True).invoke(QUESTION)
+    assert answer["raw"].usage_metadata["output_tokens"] == 5
+
+
+def test_bound_tools_give_way_to_the_schema(llm):
+    structured = llm.bind_tools([Basket], max_tokens=64).with_structured_output(Person)
+    assert isinstance(structured.invoke(QUESTION), Person)
 
 
 def test_per_call_options_reach_the_call_with_and_without_include_raw(llm):

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import pytest
 from langchain_core.documents import Document
+from langchain_core.messages import AIMessage
 from langchain_core.runnables import Runnable
 
 from guide_engine import GuideValueError
 from guide_engine.constraints import json_schema_grammar
 from guide_engine.schema_errors import unsupported_schema_message
-from guide_integrations.langchain import escape_documents
+from guide_integrations.langchain import ChatGuide, OutputCutShortError, escape_documents
+from guide_integrations.langchain.structured import json_schema, structured_parser
 
 AFTER = "or keep it out of the schema and validate the answer after generation"
 
@@ -64,3 +66,39 @@ def test_escape_documents_works_called_and_as_a_runnable():
     assert called == escape_documents.invoke([doc])
     assert called[0].page_content == "a <\\!-> b <\\-!>" and called[0].metadata == {"source": "x"}
     assert escape_documents("<?-> x") == "<\\?-> x"
+
+
+def _at(content: str, finish_reason: str) -> AIMessage:
+    usage = {"input_tokens": 9, "output_tokens": 1, "total_tokens": 10}
+    return AIMessage(content=content, response_metadata={"finish_reason": finish_reason}, usage_metadata=usage)
+
+
+def test_a_number_at_the_limit_is_cut_short_and_a_closed_value_is_complete():
+    parser = structured_parser({"type": "integer"}, "json_schema")
+    with pytest.raises(OutputCutShortError, match=r"stopped at max_tokens \(1 tokens\)"):
+        parser.invoke(_at("1", "length"))  # the start of 136, perhaps
+    assert parser.invoke(_at("1", "stop")) == 1  # it ended by itself
+    assert structured_parser({"type": "string"}, "json_schema").invoke(_at('"ok"', "length")) == "ok"
+    with pytest.raises(OutputCutShortError, match="stopped at the timeout"):
+        parser.invoke(_at('{"a": 1', "timeout"))
+
+
+def test_a_dict_schema_with_a_root_ref_is_taken_as_it_is():
+    from pydantic import BaseModel
+
+    class Node(BaseModel):
+        name: str
+        children: list[Node]
+
+    schema = Node.model_json_schema()  # a root "$ref" only when the model refers to itself at the root
+    assert json_schema(schema) == schema
+    assert json_schema({"anyOf": [{"type": "string"}, {"type": "integer"}]}) == {
+        "anyOf": [{"type": "string"}, {"type": "integer"}]
+    }
+
+
+def test_bindings_serialize_as_langchains_runnable_binding():
+    binding = ChatGuide.model_construct().bind(max_tokens=5)
+    assert binding.lc_id() == ["langchain", "schema", "runnable", "RunnableBinding"]
+    assert type(binding.bind(delta_mid=2.0)) is type(binding)  # further binds keep the options-keeping class
+    assert binding.bind(delta_mid=2.0).kwargs == {"max_tokens": 5, "delta_mid": 2.0}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManager, CallbackManagerForLLMRun
 from langchain_core.globals import get_llm_cache
@@ -422,6 +422,10 @@ class ChatGuide(ToolsAndSchemas, RunAwareChatModel):
         """
         return GuideBinding(bound=self, kwargs=kwargs, config={})
 
+    def with_config(self, config: RunnableConfig | None = None, **kwargs: Any) -> GuideBinding:
+        """``Runnable.with_config``, as a :class:`GuideBinding`: options bound after it stay bound too."""
+        return GuideBinding(bound=self, kwargs={}, config=cast("RunnableConfig", {**(config or {}), **kwargs}))
+
     # ----------------------------------------------------------------------- token counts
 
     def get_token_ids(self, text: str) -> list[int]:
@@ -525,3 +529,8 @@ class GuideBinding(ToolsAndSchemas, RunnableBinding[LanguageModelInput, Any]):
     model, which drops the bound options; here they stay bound (:class:`ToolsAndSchemas`), so
     ``llm.bind(max_tokens=400).with_structured_output(Person)`` decodes with 400 tokens.
     """
+
+    @classmethod
+    def lc_id(cls) -> list[str]:
+        """Serialized as LangChain's ``RunnableBinding`` (as its own chat-model binding is), so ``load`` reads it."""
+        return [*cls.get_lc_namespace(), "RunnableBinding"]

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_type_hints, is_typeddict
 
 from langchain_core.exceptions import OutputParserException
 from langchain_core.language_models import LanguageModelInput
-from langchain_core.messages import AIMessage, BaseMessage, BaseMessageChunk
+from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
 from langchain_core.output_parsers.base import OutputParserLike
 from langchain_core.output_parsers.openai_tools import JsonOutputKeyToolsParser, PydanticToolsParser
@@ -56,7 +56,7 @@ def json_schema(schema: Mapping[str, Any] | type) -> dict[str, Any]:
     and nested models arrive whole; LangChain's ``convert_to_json_schema`` inlines references and
     leaves a recursive list as ``"items": {}``, which lets the grammar accept any value there.
     """
-    if isinstance(schema, Mapping) and "type" in schema and "function" not in schema and "name" not in schema:
+    if isinstance(schema, Mapping) and _is_json_schema(schema):
         return dict(schema)  # a JSON schema as it is
     if is_pydantic_schema(schema):
         return schema.model_json_schema()  # type: ignore[union-attr]
@@ -64,6 +64,14 @@ def json_schema(schema: Mapping[str, Any] | type) -> dict[str, Any]:
         get_type_hints(schema)  # a forward reference that does not resolve fails here, by name
         return TypeAdapter(schema).json_schema()
     return convert_to_json_schema(schema)  # type: ignore[arg-type]
+
+
+_JSON_SCHEMA_ROOTS = frozenset({"type", "$ref", "$defs", "anyOf", "oneOf", "allOf", "enum", "const", "properties"})
+
+
+def _is_json_schema(schema: Mapping[str, Any]) -> bool:
+    """A JSON schema (``Node.model_json_schema()``'s root ``$ref`` too), not an OpenAI function or tool dict."""
+    return bool(_JSON_SCHEMA_ROOTS & schema.keys()) and "function" not in schema and "parameters" not in schema
 
 
 def is_pydantic_schema(schema: Any) -> bool:
@@ -110,6 +118,9 @@ def _cut_short_error(message: BaseMessage, text: str) -> OutputCutShortError:
             "raise max_tokens (ChatGuide(max_tokens=...), llm.bind(max_tokens=...).with_structured_output(...), "
             "or .invoke(..., max_tokens=...)) to leave room for every field"
         )
+    elif reason == "timeout":
+        why = "stopped at the timeout"
+        advice = "raise timeout"
     else:
         why = f"stopped (finish_reason {reason!r}: a stop string cut it)"
         advice = "leave out the stop strings that can occur inside the JSON"
@@ -117,6 +128,15 @@ def _cut_short_error(message: BaseMessage, text: str) -> OutputCutShortError:
         f"the structured answer {why} before it was complete, so it is not parsed: {text!r:.120}; {advice}",
         llm_output=text,
     )
+
+
+def is_closed_json(value: Any) -> bool:
+    """Whether JSON text for ``value`` ends with a closing mark (``}``, ``]``, ``"``) or a whole literal.
+
+    Strict JSON that stopped at a limit is complete when it ends with a closing mark; a number may be
+    the start of a longer one, so a number at the limit is cut short.
+    """
+    return not isinstance(value, (int, float)) or isinstance(value, bool)
 
 
 class _Complete:
@@ -178,18 +198,23 @@ def _joined(chunks: list[Any]) -> BaseMessage:
     return whole if isinstance(whole, BaseMessage) else AIMessage(content=str(whole))
 
 
+# The mixins come before LangChain's parser in the bases (their parse_result wraps the parser's), and
+# `_transform`/`_atransform` override LangChain's (private, stable since langchain-core 0.1) stream loop.
 class _CompleteJson(_Complete):
     """The answer's whole text is strict JSON, or it stopped before it was complete."""
 
     def _check_complete(self, result: list[Generation]) -> None:
         message = _message(result)
         text = result[0].text if result else ""
+        reason = message.response_metadata.get("finish_reason") if message is not None else None
         try:
-            json.loads(text)
+            value = json.loads(text)
         except json.JSONDecodeError as error:
-            if message is not None and message.response_metadata.get("finish_reason") is not None:
+            if message is not None and reason is not None:
                 raise _cut_short_error(message, text) from error
             raise OutputParserException(f"the structured answer is not JSON: {text!r:.120}", llm_output=text) from None
+        if message is not None and reason in ("length", "timeout") and not is_closed_json(value):
+            raise _cut_short_error(message, text)  # "12" may be the start of 12345: only a closing mark proves the end
 
 
 class _CompleteCall(_Complete):
@@ -199,11 +224,10 @@ class _CompleteCall(_Complete):
         message = _message(result)
         if message is None:
             return
-        if isinstance(message, BaseMessageChunk) and not isinstance(message, AIMessage):
-            return
         if getattr(message, "tool_calls", None) and not getattr(message, "invalid_tool_calls", None):
             return
-        text = str(getattr(message, "invalid_tool_calls", None) or message.content)
+        unfinished = [str(call.get("args")) for call in getattr(message, "invalid_tool_calls", None) or []]
+        text = " ".join(unfinished) or str(message.content)
         if message.response_metadata.get("finish_reason") in ("length", "stop", "timeout"):
             raise _cut_short_error(message, text)
         raise OutputParserException(f"the answer holds no tool call: {text!r:.120}", llm_output=text)
@@ -256,6 +280,10 @@ def with_raw(llm: Runnable[LanguageModelInput, Any], parser: OutputParserLike) -
     return llm | RunnableLambda(raw_and_parsed, name="raw_and_parsed")
 
 
+_NO_TOOLS: dict[str, Any] = {"tools": None, "tool_choice": None}
+"""Bound tools give way to the schema (``None`` is "not given"), as LangChain's own binding drops them."""
+
+
 def structured_runnable(
     llm: ToolsAndSchemas,
     schema: Any,
@@ -277,9 +305,11 @@ def structured_runnable(
         tool = structured_tool(schema)
         bound = llm.bind(**tool_options([tool], tool["function"]["name"]), ls_structured_output_format=trace)
     elif method == "json_schema":
-        bound = llm.bind(response_format=json_schema_format(json_schema(schema)), ls_structured_output_format=trace)
+        bound = llm.bind(
+            response_format=json_schema_format(json_schema(schema)), **_NO_TOOLS, ls_structured_output_format=trace
+        )
     elif method == "json_mode":
-        bound = llm.bind(response_format={"type": "json_object"}, ls_structured_output_format=trace)
+        bound = llm.bind(response_format={"type": "json_object"}, **_NO_TOOLS, ls_structured_output_format=trace)
     else:
         raise GuideValueError(
             f"method {method!r} is not supported; use 'json_schema', 'function_calling' or 'json_mode'"

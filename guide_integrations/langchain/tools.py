@@ -1,7 +1,8 @@
 """Tool binding: LangChain's tools and ``tool_choice`` in, the engine's options out.
 
-``bind_tools`` only translates. Tools become OpenAI-style tool dicts (``convert_to_openai_tool``),
-the tool choice one of the engine's values; the engine's grammar then makes every call parse and
+``bind_tools`` (in :class:`.structured.ToolsAndSchemas`, shared by ``ChatGuide`` and its bindings)
+only translates. Tools become OpenAI-style tool dicts (``convert_to_openai_tool``), the tool choice
+one of the engine's values; the engine's grammar then makes every call parse and
 validate against its tool's schema (``docs/design/tools-contract.md``). Structured output, which
 also binds a tool for ``method="function_calling"``, is :mod:`.structured`.
 """
