@@ -1,6 +1,7 @@
 """LlamaIndex chat messages to engine messages and back: who may create spans, tool traffic.
 
-Which text may carry GUIDE tags follows from where it came from (``docs/tags.md``: tags are the developer's; outside text never makes spans):
+Which text may carry GUIDE tags follows from where it came from (``docs/tags.md``: tags are the
+developer's; outside text never makes spans):
 
 * system and user messages handed to ``GuideLLM`` are the developer's: their tags apply — except
   the end user's own words inside a chat engine (``end_user_texts``, found by
