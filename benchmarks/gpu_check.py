@@ -593,7 +593,7 @@ class Server:
         if guide:
             return guide[-1].strip()
         plain = re.findall(r"Using (\w+) (?:attention )?backend", self.log)
-        return plain[-1] if plain else "not in the log"
+        return plain[-1] if plain else "a backend its log does not name (vLLM's CPU platform names none)"
 
 
 def run_server(command: list[str], prompts: list[str], body: dict[str, Any], out: Path) -> Server:
