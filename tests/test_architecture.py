@@ -148,7 +148,7 @@ def test_importing_the_engine_loads_no_optional_dependency():
 
 INTEGRATION_LAYERS = {
     "core": ["settings", "prompts", "results", "packages", "__init__"],
-    "vllm": ["__init__", "codec", "model_files", "renderer", "middleware", "model", "serve"],
+    "vllm": ["__init__", "codec", "model_files", "renderer", "middleware", "heads", "model", "serve"],
     "langchain": [
         "options",
         "events",
