@@ -23,7 +23,15 @@ from .options import RequestOptions
 from .schema_errors import unsupported_schema_message
 from .tools import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, ToolSpec
 
-__all__ = ["JSON_STYLE", "GrammarCompiler", "TokenMasks", "json_schema_grammar", "request_grammar", "tool_call_grammar"]
+__all__ = [
+    "JSON_STYLE",
+    "GrammarCompiler",
+    "TokenMasks",
+    "is_closed_json",
+    "json_schema_grammar",
+    "request_grammar",
+    "tool_call_grammar",
+]
 
 JSON_STYLE: dict[str, Any] = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 """How constrained JSON is laid out: ``{"a": 1, "b": [2, 3]}``, one line, no free whitespace
@@ -70,14 +78,32 @@ def _checked(grammar: str, what: str) -> str:
     return grammar
 
 
+def _compiled(schema: Mapping[str, Any]) -> tuple[str, str]:
+    """``schema``'s grammar and llguidance's complaint about it (``""`` when none).
+
+    Raises:
+        ValueError, TypeError: from llguidance, when ``schema`` is not a JSON schema.
+    """
+    llguidance = load_llguidance()
+    grammar = llguidance.LLMatcher.grammar_from_json_schema(closed_objects(schema), defaults=JSON_STYLE)
+    return grammar, llguidance.LLMatcher.validate_grammar(grammar)
+
+
 def _schema_error(schema: Mapping[str, Any]) -> str | None:
     """llguidance's error for ``schema``, or ``None`` when it compiles."""
-    llguidance = load_llguidance()
     try:
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(closed_objects(schema), defaults=JSON_STYLE)
+        return _compiled(schema)[1] or None
     except (ValueError, TypeError) as error:
         return str(error)
-    return llguidance.LLMatcher.validate_grammar(grammar) or None
+
+
+def is_closed_json(value: Any) -> bool:
+    """Whether strict JSON for ``value`` proves its own end: it closes (``}``, ``]``, ``"``) or is a literal.
+
+    A number does not: ``12`` may be the start of ``12345``, so a number that stopped at a limit
+    (``max_new_tokens``, the timeout) is cut short.
+    """
+    return not isinstance(value, (int, float)) or isinstance(value, bool)
 
 
 def json_schema_grammar(schema: Mapping[str, Any], what: str = "response_format schema") -> str:
@@ -87,12 +113,10 @@ def json_schema_grammar(schema: Mapping[str, Any], what: str = "response_format 
         GuideValueError: when llguidance cannot compile the schema; the message names ``what``, the
             field and the keyword it cannot enforce, and what to do (:mod:`.schema_errors`).
     """
-    llguidance = load_llguidance()
     try:
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(closed_objects(schema), defaults=JSON_STYLE)
+        grammar, unsupported = _compiled(schema)
     except (ValueError, TypeError) as error:
         raise GuideValueError(f"{what} is not a JSON schema: {error}") from None
-    unsupported = llguidance.LLMatcher.validate_grammar(grammar)
     if unsupported:
         raise GuideValueError(unsupported_schema_message(schema, what, unsupported, _schema_error))
     return grammar

@@ -13,7 +13,7 @@ import torch
 
 from .alignment import AppliedSpan, EncodedPrompt, Prompt, encode_prompt
 from .attention import ATTENTION_NAME, build_state
-from .constraints import GrammarCompiler, request_grammar
+from .constraints import GrammarCompiler, is_closed_json, request_grammar
 from .decoding import RowDecoder, contrast_plan, decode_steps, left_pad
 from .errors import (
     ContextLengthError,
@@ -497,7 +497,7 @@ class GuideEngine:
                 parsed = json.loads(text)
             except json.JSONDecodeError:
                 parsed = None  # cut short (max_new_tokens, a stop string, the timeout)
-            if finish_reason == "length" and isinstance(parsed, (int, float)) and not isinstance(parsed, bool):
+            if finish_reason == "length" and not is_closed_json(parsed):
                 parsed = None  # "12" at the limit may be the start of 12345
         return GenerationResult(
             text=text,

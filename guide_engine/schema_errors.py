@@ -33,7 +33,7 @@ def unsupported_schema_message(schema: Mapping[str, Any], what: str, error: str,
         error: the grammar library's error for the whole schema.
         check: compiles one schema, returning the library's error or ``None``.
     """
-    path, field_error = _deepest_failing_field(schema, check)
+    path, field, field_error = _deepest_failing_field(schema, check)
     reason = _reason(field_error or error)
     keyword = _keyword(field_error or error)
     where = f"field {path!r}" if path else "the schema"
@@ -42,7 +42,7 @@ def unsupported_schema_message(schema: Mapping[str, Any], what: str, error: str,
             f"{what} cannot be enforced: {where}: {reason}; simplify that part, or keep it out of the schema "
             "and validate the answer after generation"
         )
-    value = _keyword_value(schema, path, keyword)
+    value = field.get(keyword)
     shown = f" {json.dumps(value)}" if value is not None and keyword == "pattern" else ""
     return (
         f"{what} cannot be enforced: {where} uses {keyword!r}{shown}, which the grammar does not support "
@@ -85,21 +85,14 @@ def _fields(schema: Any, path: str) -> Iterator[tuple[str, Mapping[str, Any]]]:
             yield from _fields(sub, f"{path}/{key}[{i}]")
 
 
-def _deepest_failing_field(schema: Mapping[str, Any], check: SchemaCheck) -> tuple[str, str | None]:
-    """The path of the deepest sub-schema that fails alone, and its error (``("", None)`` if none does)."""
+def _deepest_failing_field(schema: Mapping[str, Any], check: SchemaCheck) -> tuple[str, Mapping[str, Any], str | None]:
+    """The deepest sub-schema that fails alone: its path, itself and its error (``("", schema, None)`` if none)."""
     definitions = {key: schema[key] for key in ("$defs", "definitions") if key in schema}
-    found: tuple[str, str | None] = ("", None)
+    found: tuple[str, Mapping[str, Any], str | None] = ("", schema, None)
     for path, sub in _fields(schema, ""):
         if not path:
             continue
         error = check({**sub, **definitions})  # references into $defs still resolve
         if error and path.count(".") + path.count("[") >= found[0].count(".") + found[0].count("["):
-            found = (path, error)
+            found = (path, sub, error)
     return found
-
-
-def _keyword_value(schema: Mapping[str, Any], path: str, keyword: str) -> Any:
-    for field_path, sub in _fields(schema, ""):
-        if field_path == path and keyword in sub:
-            return sub[keyword]
-    return None

@@ -30,6 +30,7 @@ from langchain_core.utils.function_calling import convert_to_json_schema, conver
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import BaseModel, TypeAdapter
 
+from guide_engine.constraints import is_closed_json
 from guide_engine.errors import GuideError, GuideValueError
 
 from ..core import json_schema_format
@@ -128,15 +129,6 @@ def _cut_short_error(message: BaseMessage, text: str) -> OutputCutShortError:
         f"the structured answer {why} before it was complete, so it is not parsed: {text!r:.120}; {advice}",
         llm_output=text,
     )
-
-
-def is_closed_json(value: Any) -> bool:
-    """Whether JSON text for ``value`` ends with a closing mark (``}``, ``]``, ``"``) or a whole literal.
-
-    Strict JSON that stopped at a limit is complete when it ends with a closing mark; a number may be
-    the start of a longer one, so a number at the limit is cut short.
-    """
-    return not isinstance(value, (int, float)) or isinstance(value, bool)
 
 
 class _Complete:
